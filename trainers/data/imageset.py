@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch costs ~2.5 s to import: the data CLI and render workers never need it
+    import torch
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +52,8 @@ class ImageSet:
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]: the generator's output range and the
     evaluator's input after its mean = std = 0.5 normalization."""
+    import torch
+
     x = torch.as_tensor(images)
     return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
@@ -61,6 +66,8 @@ class DeviceData:
     """
 
     def __init__(self, data: ImageSet, device: str | torch.device = "cpu") -> None:
+        import torch
+
         self.device = torch.device(device)
         self.images = torch.from_numpy(np.ascontiguousarray(data.images)).permute(0, 3, 1, 2).to(self.device)
         self.labels = torch.from_numpy(data.labels).to(self.device)  # (N, C)
@@ -72,6 +79,8 @@ class DeviceData:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch drawn uniformly with replacement: x float (B, 3, H, W) in [-1, 1], y float (B, C)."""
+        import torch
+
         idx = torch.randint(len(self), (batch_size,), generator=generator, device=generator.device)
         idx = idx.to(self.device)
         return self.images[idx].float().div_(127.5).sub_(1.0), self.labels[idx]
