@@ -1,0 +1,192 @@
+"""The shared training step: one step for every architecture x loss x D-norm x D-cond x G-cond combination,
+every invalid combination rejected with its message, divergence detection, EMA, speed rules."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import trainers.step
+from trainers.config import ConfigError, TrainConfig
+from trainers.data import DeviceData, ImageSet
+from trainers.losses import LOSSES
+from trainers.models import ARCHITECTURES
+from trainers.models.conditioning import D_CONDITIONING, G_CONDITIONING
+from trainers.models.layers import D_NORMS
+from trainers.step import Diverged, build_gan, train_step
+
+TINY = {
+    "width": 4,
+    "z_dim": 8,
+    "embed_dim": 4,
+    "attn_res": 8,
+    "batch_size": 2,
+    "disc_codes": 3,
+    "cont_codes": 1,
+}
+N_CLASSES = 5
+
+
+def random_data(n: int = 16, size: int = 16, n_classes: int = N_CLASSES, seed: int = 0) -> DeviceData:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, n_classes)) < 0.3).astype(np.float32)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    files = tuple(f"img{i}.png" for i in range(n))
+    classes = tuple(f"c{i}" for i in range(n_classes))
+    return DeviceData(
+        ImageSet(images=images, labels=labels, files=files, classes=classes, fingerprint="test")
+    )
+
+
+@pytest.fixture(scope="module")
+def data() -> DeviceData:
+    return random_data()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: a second thread costs more in synchronisation than it saves.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# Input methods combined with the auxiliary classifier, as the registry allows: "channel+acgan", ...
+D_CONDS = sorted(D_CONDITIONING) + [
+    f"{m}+acgan" for m in sorted(D_CONDITIONING) if m not in ("none", "acgan")
+]
+COMBOS = list(
+    itertools.product(sorted(ARCHITECTURES), sorted(LOSSES), sorted(D_NORMS), D_CONDS, sorted(G_CONDITIONING))
+)
+
+# The rules validate() must enforce, written independently of it: (predicate, fragment of the message).
+INVALID = [
+    (lambda c: c["d_cond"] == "projection+acgan", "projection+acgan"),
+    (lambda c: c["loss"] == "wgan" and c["d_norm"] == "spectral", "loss wgan with d_norm spectral"),
+    (lambda c: c["loss"] == "wgan_gp" and c["d_norm"] == "batch", "loss wgan_gp with d_norm batch"),
+    (lambda c: c["arch"] == "sagan" and c["d_norm"] != "spectral", "arch sagan with d_norm"),
+]
+
+
+def expected_error(combo: dict) -> str | None:
+    return next((fragment for rule, fragment in INVALID if rule(combo)), None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "loss", "d_norm", "d_cond", "g_cond"), COMBOS)
+def test_one_step_every_combination(arch, loss, d_norm, d_cond, g_cond, data):
+    combo = {"arch": arch, "loss": loss, "d_norm": d_norm, "d_cond": d_cond, "g_cond": g_cond}
+    fragment = expected_error(combo)
+    if fragment is not None:
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            TrainConfig.from_dict({**combo, **TINY})
+        return
+    cfg = TrainConfig.from_dict({**combo, **TINY})
+    gan = build_gan(cfg, image_size=16, n_classes=N_CLASSES, device="cpu")
+    train_step(gan, data, torch.Generator().manual_seed(0))
+    losses = gan.read_losses()
+    assert all(np.isfinite(v) for v in losses.values())
+    # Every weight of both networks is reached by its objective (no dead head or unused embedding).
+    assert [n for n, p in gan.G.named_parameters() if p.grad is None] == []
+    assert [n for n, p in gan.D.named_parameters() if p.grad is None] == []
+    assert gan.step == 1
+
+
+def test_the_combination_grid_covers_valid_and_invalid():
+    n_invalid = sum(
+        expected_error(dict(zip(("arch", "loss", "d_norm", "d_cond", "g_cond"), c, strict=True))) is not None
+        for c in COMBOS
+    )
+    assert 0 < n_invalid < len(COMBOS) / 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"g_cond": "cbn", "g_norm": "none"}, "g_cond cbn with g_norm none"),
+        ({"d_cond": "acgan", "aux_weight": 0.0}, "aux_weight"),
+        ({"arch": "infogan", "disc_codes": 0, "cont_codes": 0}, "at least one latent code"),
+        ({"d_cond": "channel+late"}, "combine at most one"),
+        ({"d_cond": "none+acgan"}, "combine at most one"),
+        ({"d_cond": "channel+channel"}, "combine at most one"),
+        ({"d_cond": "chanel"}, "did you mean 'channel'"),
+        ({"loss": "wgan-gp"}, "unknown loss 'wgan-gp'.*valid: bce, hinge, nonsat, wgan, wgan_gp"),
+        ({"optimizer": "sgd"}, "unknown optimizer 'sgd'"),
+        ({"ema": 1.0}, "ema = 1.0 is out of range"),
+        ({"lr_d": 0.0}, "lr_d"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"lr_g": float("nan")}, "lr_g"),
+    ],
+)
+def test_other_invalid_settings_are_rejected(changes, fragment):
+    base = {"arch": "dcgan", "loss": "hinge", "g_cond": "concat", "d_cond": "channel", **TINY}
+    with pytest.raises(ConfigError, match=fragment):
+        TrainConfig.from_dict({**base, **changes})
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = {"arch": "dcgan", "loss": "hinge", "g_cond": "concat", "d_cond": "channel", "d_norm": "spectral"}
+    return TrainConfig.from_dict({**base, **TINY, **kw})
+
+
+def test_absurd_learning_rate_diverges(data):
+    cfg = tiny_config(loss="bce", d_norm="none", g_norm="none", lr_g=1e10, lr_d=1e10, batch_size=4)
+    gan = build_gan(cfg, image_size=16, n_classes=N_CLASSES, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(Diverged) as err:
+        for _ in range(50):
+            train_step(gan, data, gen)
+        gan.read_losses()
+    assert err.value.step == 50
+
+
+def test_n_critic_samples_one_batch_per_d_step(data):
+    calls = []
+
+    class Counting:
+        def sample(self, batch_size, generator):
+            calls.append(batch_size)
+            return data.sample(batch_size, generator=generator)
+
+    gan = build_gan(tiny_config(n_critic=3), image_size=16, n_classes=N_CLASSES, device="cpu")
+    train_step(gan, Counting(), torch.Generator().manual_seed(0))
+    assert calls == [2, 2, 2]
+
+
+def test_ema_tracks_the_generator(data):
+    gan = build_gan(tiny_config(ema=0.5), image_size=16, n_classes=N_CLASSES, device="cpu")
+    assert gan.generator_for_eval is gan.G_ema
+    start = [p.clone() for p in gan.G_ema.parameters()]
+    train_step(gan, data, torch.Generator().manual_seed(0))
+    for s, e, g in zip(start, gan.G_ema.parameters(), gan.G.parameters(), strict=True):
+        assert torch.allclose(e, 0.5 * s + 0.5 * g)
+    assert not any(p.requires_grad for p in gan.G_ema.parameters())
+    assert build_gan(tiny_config(), image_size=16, n_classes=N_CLASSES, device="cpu").G_ema is None
+
+
+def test_wgan_clips_d_weights(data):
+    cfg = tiny_config(loss="wgan", d_norm="batch", clip=0.005, optimizer="rmsprop")
+    gan = build_gan(cfg, image_size=16, n_classes=N_CLASSES, device="cpu")
+    train_step(gan, data, torch.Generator().manual_seed(0))
+    assert max(p.abs().max() for p in gan.D.parameters()) <= 0.005
+
+
+def test_d_is_trainable_again_after_the_g_step(data):
+    gan = build_gan(tiny_config(), image_size=16, n_classes=N_CLASSES, device="cpu")
+    train_step(gan, data, torch.Generator().manual_seed(0))
+    assert all(p.requires_grad for p in gan.D.parameters())
+
+
+def test_no_host_sync_inside_the_step():
+    # .item() / .tolist() / float(tensor) force a device sync; losses are read at log time only.
+    source = "".join(
+        inspect.getsource(f) for f in (trainers.step.d_update, trainers.step.g_update, train_step)
+    )
+    for forbidden in (".item()", ".tolist()", ".cpu()", "float("):
+        assert forbidden not in source
