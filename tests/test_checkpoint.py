@@ -1,0 +1,164 @@
+"""Exact checkpoints: plain data, atomic writes, and a resumed run bit-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import trainers.checkpoint as ckpt
+from trainers.config import ConfigError, TrainConfig
+from trainers.data import ImageSet
+from trainers.evaluator import Evaluator, ResNet18
+from trainers.train import steps_per_epoch, train
+
+N_CLASSES = 5
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def random_set(n: int = 12, size: int = 16) -> ImageSet:
+    rng = np.random.default_rng(0)
+    return ImageSet(
+        images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+        labels=(rng.random((n, N_CLASSES)) < 0.3).astype(np.float32),
+        files=tuple(f"f{i}.png" for i in range(n)),
+        classes=tuple(f"c{i}" for i in range(N_CLASSES)),
+        fingerprint="fp",
+    )
+
+
+TINY = {
+    "width": 4,
+    "z_dim": 8,
+    "embed_dim": 4,
+    "attn_res": 8,
+    "batch_size": 2,
+    "disc_codes": 3,
+    "cont_codes": 1,
+}
+# Recipes that between them draw from every random source the step uses: z, codes, batch indices,
+# DiffAugment, dropout, the gradient penalty's interpolation, EMA and both optimizers' state.
+RECIPES = {
+    "wgan_gp": {
+        "arch": "dcgan",
+        "loss": "wgan_gp",
+        "g_cond": "embed",
+        "d_cond": "channel+acgan",
+        "d_norm": "layer",
+        "n_critic": 2,
+        "ema": 0.9,
+        "diffaug": "color,translation,cutout",
+        "g_dropout": 0.2,
+    },
+    "infogan": {"arch": "infogan", "loss": "nonsat", "g_cond": "none", "d_cond": "none", "d_norm": "batch"},
+    "sagan_rmsprop": {
+        "arch": "sagan",
+        "loss": "hinge",
+        "g_cond": "cbn",
+        "d_cond": "projection",
+        "d_norm": "spectral",
+        "optimizer": "rmsprop",
+    },
+}
+
+
+def run(cfg, out: Path, epochs: int, resume: Path | None = None, eval_every: int = 1):
+    ev = Evaluator(ResNet18(n_classes=N_CLASSES, width=4), device="cpu")
+    conditions = {"test": np.eye(N_CLASSES, dtype=np.float32)}
+    return train(
+        cfg,
+        random_set(),
+        epochs=epochs,
+        out_dir=out,
+        evaluator=ev,
+        conditions=conditions,
+        resume=resume,
+        eval_every=eval_every,
+        progress=False,
+    )
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    for key in ("G", "D", "G_ema"):
+        if a[key] is None:
+            assert b[key] is None
+            continue
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    for key in ("opt_g", "opt_d"):
+        for i, s in a[key]["state"].items():
+            for k, v in s.items():
+                assert torch.equal(v, b[key]["state"][i][k]), f"{key}[{i}].{k}"
+    assert a["step"] == b["step"] and a["epoch"] == b["epoch"]
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_resume_is_bit_identical(recipe, tmp_path):
+    cfg = TrainConfig.from_dict({**RECIPES[recipe], **TINY})
+    run(cfg, tmp_path / "whole", epochs=4)
+    run(cfg, tmp_path / "split", epochs=2)
+    run(cfg, tmp_path / "split", epochs=4, resume=tmp_path / "split" / "last.pt")
+    whole = ckpt.load_checkpoint(tmp_path / "whole" / "last.pt")
+    split = ckpt.load_checkpoint(tmp_path / "split" / "last.pt")
+    assert whole["step"] == 4 * steps_per_epoch(12, cfg) == 4 * 6 // cfg.n_critic  # 12 images, batch 2
+    assert_same_state(whole, split)
+
+
+def test_evaluation_does_not_perturb_training(tmp_path):
+    cfg = TrainConfig.from_dict({**RECIPES["wgan_gp"], **TINY})
+    run(cfg, tmp_path / "a", epochs=2, eval_every=1)
+    run(cfg, tmp_path / "b", epochs=2, eval_every=2)
+    assert_same_state(
+        ckpt.load_checkpoint(tmp_path / "a" / "last.pt"), ckpt.load_checkpoint(tmp_path / "b" / "last.pt")
+    )
+
+
+def test_checkpoint_is_plain_data(tmp_path):
+    cfg = TrainConfig.from_dict({**RECIPES["wgan_gp"], **TINY})
+    run(cfg, tmp_path, epochs=1)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert set(state) >= {"G", "D", "G_ema", "opt_g", "opt_d", "step", "epoch", "rng", "config", "data"}
+    assert set(state["rng"]) == {"torch", "cuda", "numpy", "python", "data"}
+    assert TrainConfig.from_dict(state["config"]) == cfg
+    assert state["data"]["image_size"] == 16 and state["data"]["n_classes"] == N_CLASSES
+
+
+def test_resume_refuses_another_config(tmp_path):
+    cfg = TrainConfig.from_dict({**RECIPES["infogan"], **TINY})
+    run(cfg, tmp_path, epochs=1)
+    with pytest.raises(ConfigError, match="differs in lr_g"):
+        run(cfg.replace(lr_g=1e-3), tmp_path, epochs=2, resume=tmp_path / "last.pt")
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = ckpt.save_checkpoint({"format": ckpt.FORMAT, "step": 1}, tmp_path / "last.pt")
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint({"format": ckpt.FORMAT, "step": 2}, path)
+    assert ckpt.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_load_generator_prefers_the_ema_weights(tmp_path):
+    cfg = TrainConfig.from_dict({**RECIPES["wgan_gp"], **TINY})
+    run(cfg, tmp_path, epochs=1)
+    g, config, info = ckpt.load_generator(tmp_path / "last.pt")
+    state = ckpt.load_checkpoint(tmp_path / "last.pt")
+    assert config == cfg and info["image_size"] == 16 and not g.training
+    for name, value in g.state_dict().items():
+        assert torch.equal(value, state["G_ema"][name])

@@ -1,0 +1,145 @@
+"""Exact checkpoints: everything a resumed run needs to continue bit-identically, as plain data.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts, loadable with
+`torch.load(path, weights_only=True)`: G, D, EMA of G, both optimizers, step, epoch, every RNG state
+(torch, CUDA, numpy, Python, the batch sampler's generator), the config, and what was built from the data
+(image size, classes, fingerprint). It is written to a temporary file in the same directory and renamed
+into place, so a crash while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainers.config import TrainConfig
+from trainers.models import Generator, build_generator
+from trainers.step import GAN
+
+FORMAT = 1
+
+
+def rng_state(data_generator: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": _python_state_to_plain(random.getstate()),
+        "data": data_generator.get_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    data_generator.set_state(state["data"])
+
+
+def _python_state_to_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _cpu(tree: Any) -> Any:
+    """Tensors to CPU (so a GPU checkpoint loads anywhere); containers rebuilt as plain dicts/lists."""
+    if torch.is_tensor(tree):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_cpu(v) for v in tree]
+    return tree
+
+
+def make_checkpoint(
+    gan: GAN,
+    *,
+    epoch: int,
+    data_generator: torch.Generator,
+    data_info: dict[str, Any],
+    metrics: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "config": gan.config.to_dict(),
+        "data": dict(data_info),  # image_size, n_classes, classes, fingerprint
+        "G": _cpu(gan.G.state_dict()),
+        "D": _cpu(gan.D.state_dict()),
+        "G_ema": _cpu(gan.G_ema.state_dict()) if gan.G_ema is not None else None,
+        "opt_g": _cpu(gan.opt_g.state_dict()),
+        "opt_d": _cpu(gan.opt_d.state_dict()),
+        "step": gan.step,
+        "epoch": epoch,
+        "rng": _cpu(rng_state(data_generator)),
+        "metrics": dict(metrics or {}),
+    }
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """torch.save to a temporary sibling, fsync, then os.replace: the old file survives any crash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a trainer checkpoint (format {FORMAT})")
+    return state
+
+
+def restore(gan: GAN, state: dict[str, Any], *, data_generator: torch.Generator) -> int:
+    """Load weights, optimizer states, step and RNG states into a freshly built GAN; returns the epoch."""
+    gan.G.load_state_dict(state["G"])
+    gan.D.load_state_dict(state["D"])
+    if gan.G_ema is not None:
+        gan.G_ema.load_state_dict(state["G_ema"])
+    gan.opt_g.load_state_dict(state["opt_g"])
+    gan.opt_d.load_state_dict(state["opt_d"])
+    gan.step = int(state["step"])
+    set_rng_state(state["rng"], data_generator)
+    return int(state["epoch"])
+
+
+def load_generator(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> tuple[Generator, TrainConfig, dict]:
+    """The generator to use for sampling (EMA weights when the run kept an EMA), in eval mode, with its
+    config and data info (image_size, n_classes, classes, fingerprint). Draw z with
+    `trainers.infogan.Latent.from_config(config).sample(...)`."""
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"])
+    info = state["data"]
+    g = build_generator(config, image_size=info["image_size"], n_classes=info["n_classes"])
+    g.load_state_dict(state["G_ema"] if state["G_ema"] is not None else state["G"])
+    return g.to(device).eval(), config, info
