@@ -1,0 +1,184 @@
+"""What a search needs before Ray starts trials: the data, a trusted evaluator, the condition sets, the ceiling.
+
+With the embedded default nothing has to exist: synthetic i-CLEVR is rendered once and an evaluator is
+fitted once, both cached under the search home (keyed by what they depend on), so a rerun starts at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA_SEED = 0  # the synthetic set and its oracle renders do not follow --seed: one cache serves every search
+ORACLE_SEED = 1  # oracle renders must not reuse training scenes
+
+
+@dataclass(frozen=True)
+class Prepared:
+    data: Any  # trainers.data.ImageSet
+    data_spec: str  # what --data named, or the rendered folder
+    evaluator_path: Path
+    evaluator_meta: dict[str, Any]
+    conditions: dict[str, np.ndarray]
+    ceiling: dict[str, float]  # the evaluator's accuracy on oracle images of the same conditions
+    ceiling_source: str
+
+    @property
+    def evaluator_fingerprint(self) -> str:
+        return str(self.evaluator_meta.get("checkpoint_sha256", ""))[:16]
+
+
+def synthetic_root(home: Path, *, scenes: int, size: int) -> Path:
+    return home / "data" / f"iclevr-synth-{scenes}-seed{DATA_SEED}-{size}px"
+
+
+def _atomic_dir(target: Path, build: Callable[[Path], object]) -> Path:
+    """Build a folder next to `target` and rename it into place: an interrupted render is never a cache hit,
+    and two drivers rendering at once both end with one complete folder."""
+    if target.is_dir():
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another driver finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_data(spec: str, *, home: Path, size: int, scenes: int, log: Callable[[str], None]):
+    """(ImageSet, folder or None). 'synthetic' renders `scenes` scenes at `size` once."""
+    from trainers.data import load_dataset
+    from trainers.data.render import render_training_set
+
+    if spec == "synthetic":
+        root = synthetic_root(home, scenes=scenes, size=size)
+        if not root.is_dir():
+            log(f"rendering {scenes} synthetic i-CLEVR scenes at {size}x{size} into {root} (once)")
+        _atomic_dir(root, lambda out: render_training_set(out, scenes=scenes, seed=DATA_SEED, size=size))
+        return load_dataset(root, size=size), root
+    data = load_dataset(spec, size=size)
+    return data, Path(spec) if spec != "digits" and Path(spec).is_dir() else None
+
+
+def ensure_evaluator(
+    data,
+    *,
+    explicit: Path | None,
+    home: Path,
+    fit_overrides: dict,
+    floor: float,
+    spec: str,
+    log: Callable[[str], None],
+) -> tuple[Path, dict[str, Any]]:
+    """The given evaluator, or one fitted on `data` once and cached; then the evaluator issue's guard."""
+    from trainers.evaluator import FitConfig, check_evaluator, fit
+
+    path = explicit
+    if path is None:
+        config = FitConfig(**fit_overrides)
+        recipe = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[
+            :8
+        ]
+        path = home / "evaluators" / f"{data.name or 'data'}-{data.fingerprint}-fit{recipe}.pt"
+        if not path.is_file():
+            log(
+                f"fitting an evaluator (ResNet18 width {config.width}, {config.epochs} epochs) on {len(data)} "
+                f"images into {path} (once)"
+            )
+            ev, report = fit(
+                data.images, data.labels, files=data.files, classes=data.classes, config=config, progress=True
+            )
+            meta = {"data": spec, "data_fingerprint": data.fingerprint, "data_size": data.size, **report}
+            ev.save(path, meta)
+    meta = check_evaluator(path, data_fingerprint=data.fingerprint, floor=floor)
+    return path, meta
+
+
+def _load_images(folder: Path) -> tuple[np.ndarray, list[list[str]]]:
+    from PIL import Image
+
+    index = json.loads((folder / "labels.json").read_text())
+    names = sorted(index)
+    images = np.stack([np.asarray(Image.open(folder / "images" / n).convert("RGB")) for n in names])
+    return images, [index[n] for n in names]
+
+
+def oracle_ceiling(
+    *,
+    evaluator_path: Path,
+    evaluator_meta: dict,
+    conditions: dict[str, np.ndarray],
+    data,
+    home: Path,
+    iclevr: bool,
+) -> tuple[dict[str, float], str]:
+    """What a perfect generator would score: the judge on oracle renders of each condition set (i-CLEVR),
+    else its recorded held-out accuracy. Cached beside the evaluator."""
+    if not iclevr:
+        acc = float(evaluator_meta.get("heldout_acc", float("nan")))
+        return {"acc": acc}, "evaluator held-out accuracy"
+    cache = evaluator_path.with_name(f"{evaluator_path.stem}.ceiling-{data.size}px.json")
+    if cache.is_file():
+        return json.loads(cache.read_text()), "oracle renders"
+    from trainers.data import to_model_range
+    from trainers.data.labels import spec_file
+    from trainers.data.render import render_label_sets
+    from trainers.evaluator import Evaluator
+
+    ev = Evaluator.load(evaluator_path)
+    ceiling = {}
+    for name, rows in conditions.items():
+        folder = home / "data" / f"oracle-{name}-seed{ORACLE_SEED}-{data.size}px"
+        _atomic_dir(
+            folder,
+            lambda out, name=name: render_label_sets(
+                spec_file(f"{name}.json"), out, seed=ORACLE_SEED, size=data.size, progress=False
+            ),
+        )
+        images, _ = _load_images(folder)
+        ceiling[f"acc_{name}"] = ev.accuracy(to_model_range(images), rows[: len(images)])
+    ceiling["acc"] = float(np.mean(list(ceiling.values())))
+    cache.write_text(json.dumps(ceiling))
+    return ceiling, "oracle renders"
+
+
+def prepare(opts, log: Callable[[str], None] = print) -> Prepared:
+    """Data, evaluator, conditions and ceiling for the options of one search."""
+    from trainers.data import conditions_for
+    from trainers.data.labels import TEST_SPLITS
+
+    os.environ.setdefault("CGAN_SEARCH_CACHE", str(opts.home / "cache"))  # packs live in the home too
+    scenes = opts.scenes or 1000
+    data, root = load_data(opts.data, home=opts.home, size=opts.size, scenes=scenes, log=log)
+    spec = str(root) if opts.data == "synthetic" else opts.data
+    path, meta = ensure_evaluator(
+        data,
+        explicit=opts.evaluator,
+        home=opts.home,
+        fit_overrides=opts.evaluator_fit,
+        floor=opts.evaluator_floor,
+        spec=spec,
+        log=log,
+    )
+    conditions = conditions_for(data, root)
+    iclevr = set(conditions) == set(TEST_SPLITS) and opts.data == "synthetic"
+    ceiling, source = oracle_ceiling(
+        evaluator_path=path,
+        evaluator_meta=meta,
+        conditions=conditions,
+        data=data,
+        home=opts.home,
+        iclevr=iclevr,
+    )
+    return Prepared(data, spec, path, meta, conditions, ceiling, source)

@@ -1,0 +1,314 @@
+"""The one search driver. Entry scripts (search/clevr.py, search/digits.py) call `main(EntryDefaults)`.
+
+options -> local or cluster Ray -> data + evaluator (cached) -> space + presets -> MLflow parent run
+-> Tuner (OptunaSearch + ASHA, or Tuner.restore of the same experiment) -> leaderboard, plots, study
+-> optional promotion -> where everything is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from search.options import EntryDefaults, Options, complete, parse
+
+
+class SearchError(RuntimeError):
+    """A problem with the user's input found after parsing (one line, exit status 2)."""
+
+
+def _say(text: str) -> None:
+    print(f"[search] {text}", flush=True)
+
+
+def main(entry: EntryDefaults, argv: list[str] | None = None) -> int:
+    # Ray 2.60 turns token auth on for new local clusters; say so explicitly. It must be set before ray is
+    # imported (the mode is read once, at import); `ray job submit` passes the cluster's own setting.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    args, parser = parse(entry, argv)
+    complete(args, parser, entry, cluster_gpus=0)  # bad input fails here, before Ray starts
+    from spaces import SpaceError
+    from trainers.data import DataError
+    from trainers.evaluator import EvaluatorError
+    from trainers.models.registry import ConfigError
+
+    try:
+        return run(entry, args, parser)
+    except (SearchError, SpaceError, DataError, EvaluatorError, ConfigError) as err:
+        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command (same --experiment) to resume", file=sys.stderr)
+        return 130
+
+
+def start_ray(address: str | None) -> bool:
+    """Connect to the cluster (--address, or $RAY_ADDRESS under `ray job submit`) or start a local one.
+    Returns True when this process started Ray (and so must shut it down)."""
+    import ray
+
+    target = address or os.environ.get("RAY_ADDRESS") or "local"  # never a stray cluster of another user
+    ray.init(address=target, include_dashboard=False if target == "local" else None, log_to_driver=True)
+    return target == "local"
+
+
+class _PresetProbe:
+    """A stand-in for optuna.Trial that answers every suggestion with the preset's value and notes the values
+    Optuna would refuse or call out of range: the space's own define-by-run code decides what is sampled."""
+
+    def __init__(self, preset: dict[str, Any]):
+        self.preset, self.misfits = preset, []
+
+    def _take(self, name: str, ok: bool, domain: str) -> Any:
+        if not ok:
+            self.misfits.append(f"{name}={self.preset.get(name)!r} not in {domain}")
+        return self.preset.get(name)
+
+    def suggest_categorical(self, name: str, choices) -> Any:
+        from optuna.distributions import CategoricalDistribution
+
+        try:
+            CategoricalDistribution(list(choices)).to_internal_repr(self.preset.get(name))
+            ok = True
+        except ValueError:
+            ok = False
+        return self._take(name, ok, f"{list(choices)}")
+
+    def suggest_float(self, name: str, low: float, high: float, *, step=None, log: bool = False) -> Any:
+        value = self.preset.get(name)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+        return self._take(name, ok, f"[{low:g}, {high:g}]")
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> Any:
+        value = self.preset.get(name)
+        ok = (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and low <= value <= high
+            and (value - low) % step == 0
+        )
+        return self._take(name, ok, f"[{low}, {high}]")
+
+
+def fitting_presets(space, names: tuple[str, ...]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The presets every sampled value of which the space can take (so Optuna records them truly), and a
+    note per preset skipped. A preset runs as written: where the space has a constant, the preset wins."""
+    from trainers.config import load_preset
+
+    fitting, notes = {}, []
+    for name in names:
+        config = load_preset(name).to_dict()
+        probe = _PresetProbe(config)
+        space.define_by_run(probe)
+        if probe.misfits:
+            notes.append(f"preset {name} skipped: the space cannot express {'; '.join(probe.misfits[:3])}")
+        else:
+            fitting[name] = config
+    return fitting, notes
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def max_concurrent(opts: Options, resources: dict[str, float]) -> int:
+    """What the cluster holds at the per-trial sizes, unless --max-concurrent says otherwise."""
+    if opts.max_concurrent:
+        return opts.max_concurrent
+    n = int(resources.get("CPU", 1) // opts.cpus_per_trial) if opts.cpus_per_trial else 1_000_000
+    if opts.gpus_per_trial:
+        n = min(n, int(resources.get("GPU", 0) // opts.gpus_per_trial))
+    return max(1, n)
+
+
+def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import mlflow
+    import optuna
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search import report, tracking
+    from search.defaults import prepare
+    from search.optuna_bridge import TIME_ATTR, PresetOptunaSearch
+    from search.trial import TrialSetup, run_trial
+    from spaces import load_space
+
+    # The legacy reporter prints one compact table (CLIReporter columns) every 30 s instead of a box per
+    # result; a forced experiment snapshot per checkpoint (num_to_keep=1) is what makes resume exact.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started = start_ray(args.address)
+    try:
+        resources = ray.cluster_resources()
+        opts = complete(args, parser, entry, cluster_gpus=resources.get("GPU", 0))
+        space = load_space(opts.space)
+        presets, notes = fitting_presets(space, opts.presets)
+        concurrency = max_concurrent(opts, resources)
+        _say(
+            f"{opts.experiment}: {opts.budget_name} budget, space {opts.space.name} ({space.summary()}), "
+            f"{opts.num_samples} trials <= {opts.max_epochs} epochs, ASHA grace {opts.grace_epochs} rf "
+            f"{opts.reduction_factor}, {concurrency} at once ({opts.cpus_per_trial:g} CPU, "
+            f"{opts.gpus_per_trial:g} GPU each)"
+        )
+        for note in notes:
+            _say(note)
+        prepared = prepare(opts, log=_say)
+        data = prepared.data
+        _say(
+            f"data {prepared.data_spec}: {len(data)} images at {data.size}px (fingerprint {data.fingerprint}); "
+            f"evaluator {prepared.evaluator_path} (held-out acc {prepared.evaluator_meta.get('heldout_acc', float('nan')):.3f})"
+        )
+
+        # --- MLflow: the experiment and this search's parent run (found again when resuming) ---
+        mlflow.set_tracking_uri(opts.tracking_uri)
+        client = MlflowClient(opts.tracking_uri)
+        artifact_root = opts.home / "mlartifacts"
+        experiment_id = tracking.ensure_experiment(
+            client, opts.experiment, tracking_uri=opts.tracking_uri, artifact_root=artifact_root
+        )
+        experiment_dir = f"{opts.storage.rstrip('/')}/{opts.experiment}"
+        resuming = tune.Tuner.can_restore(experiment_dir)
+        parent = tracking.find_parent(client, experiment_id, experiment_dir) if resuming else None
+        if parent is None:
+            parent = tracking.create_parent(
+                client,
+                experiment_id,
+                name=f"search-{opts.experiment}",
+                experiment_dir=experiment_dir,
+                tags={
+                    "search.entry": entry.name,
+                    "search.model_name": entry.model_name,
+                    "search.space": str(opts.space),
+                    "search.space_sha256": space.sha256,
+                    "search.data": prepared.data_spec,
+                    "search.data_fingerprint": data.fingerprint,
+                    "search.evaluator": str(prepared.evaluator_path),
+                    "search.evaluator_fingerprint": prepared.evaluator_fingerprint,
+                    "search.evaluator_data_fingerprint": str(prepared.evaluator_meta.get("data_fingerprint")),
+                    "search.objectives": ",".join(opts.objectives),
+                    "search.budget": opts.budget_name,
+                    **tracking.code_version(),
+                },
+                params={
+                    "num_samples": opts.num_samples,
+                    "max_epochs": opts.max_epochs,
+                    "grace_epochs": opts.grace_epochs,
+                    "reduction_factor": opts.reduction_factor,
+                    "gpus_per_trial": opts.gpus_per_trial,
+                    "cpus_per_trial": opts.cpus_per_trial,
+                    "max_concurrent": concurrency,
+                    "max_failures": opts.max_failures,
+                    "seed": opts.seed,
+                    "size": data.size,
+                    "presets": ",".join(presets) or "none",
+                    "objectives": ",".join(opts.objectives),
+                },
+            )
+
+        # --- Tune ---
+        setup = TrialSetup(
+            evaluator=prepared.evaluator_path.read_bytes(),
+            evaluator_meta=prepared.evaluator_meta,
+            conditions=prepared.conditions,
+            max_epochs=opts.max_epochs,
+            seed=opts.seed,
+            cpus=opts.cpus_per_trial,
+            use_gpu=opts.gpus_per_trial > 0,
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, data=data, setup=setup),
+            {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
+        )
+        if resuming:
+            _say(f"resuming {experiment_dir} (finished trials are kept, the study continues)")
+            tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True)
+        else:
+            multi = len(opts.objectives) > 1
+            searcher = PresetOptunaSearch(
+                space.define_by_run,
+                metric=list(opts.objectives) if multi else opts.objectives[0],
+                mode=list(opts.modes) if multi else opts.modes[0],
+                sampler=optuna.samplers.TPESampler(
+                    seed=opts.seed,
+                    multivariate=True,
+                    group=True,  # conditional parameters: model each branch's parameters jointly
+                    constant_liar=True,  # running trials count as bad guesses: parallel trials spread out
+                    n_startup_trials=min(10, max(2, opts.num_samples // 3)),
+                ),
+                max_epochs=opts.max_epochs,
+                presets=presets,
+            )
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+                    scheduler=ASHAScheduler(
+                        time_attr=TIME_ATTR,
+                        metric="acc",
+                        mode="max",
+                        max_t=opts.max_epochs,
+                        grace_period=opts.grace_epochs,
+                        reduction_factor=opts.reduction_factor,
+                    ),
+                    num_samples=opts.num_samples,
+                    trial_dirname_creator=trial_dirname,  # the default embeds the whole config in the path
+                ),
+                run_config=tune.RunConfig(
+                    name=opts.experiment,
+                    storage_path=opts.storage,
+                    callbacks=[
+                        tracking.TrialRunsCallback(
+                            tracking_uri=opts.tracking_uri,
+                            experiment_id=experiment_id,
+                            parent_run_id=parent,
+                            max_epochs=opts.max_epochs,
+                            presets=presets,
+                        )
+                    ],
+                    # Best (by acc) and latest checkpoint per trial: bounded disk for any number of trials.
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=1, checkpoint_score_attribute="acc", checkpoint_score_order="max"
+                    ),
+                    failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                    progress_reporter=report.progress_reporter(opts.objectives),
+                    verbose=1,
+                ),
+            )
+        results = tuner.fit()
+
+        # --- After the search ---
+        summary = report.summarize(
+            results,
+            client=client,
+            parent_run_id=parent,
+            max_epochs=opts.max_epochs,
+            objectives=opts.objectives,
+            ceiling=prepared.ceiling,
+            ceiling_source=prepared.ceiling_source,
+            presets=presets,
+            log=_say,
+        )
+        if opts.promote and summary.best is not None:
+            from search.promote import promote
+
+            version = promote(
+                client, opts.experiment, metric="acc", alias="champion", model_name=entry.model_name, log=_say
+            )
+            _say(f"promoted: models:/{entry.model_name}@champion (version {version.version})")
+        client.set_terminated(parent, status="FINISHED")
+        _say(f"artifacts: Tune results and checkpoints in {results.experiment_path}")
+        _say(f"artifacts: MLflow runs in {opts.tracking_uri} (experiment {opts.experiment})")
+        _say(f"open the MLflow UI: {tracking.mlflow_ui_command(opts.tracking_uri)}")
+        _say(
+            f"promote the best: python -m search.promote --experiment {opts.experiment} "
+            f"--tracking-uri {opts.tracking_uri}"
+        )
+        return 0 if summary.best is not None else 1
+    finally:
+        if started:
+            ray.shutdown()

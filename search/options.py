@@ -1,0 +1,395 @@
+"""The search's command line, shared by every entry script; entries differ only in their `EntryDefaults`.
+
+A value left unset on the command line is filled from the entry's budget for the machine it runs on
+(`smoke` with --smoke-test, `gpu` when the Ray cluster has a GPU, else `cpu`), so `python search/clevr.py`
+with no arguments is a complete, right-sized search on a laptop and a larger one on a GPU node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+HOME_ENV = "CGAN_SEARCH_HOME"
+OBJECTIVES = {"acc": "max", "fid": "min"}  # metric -> direction; ASHA always stops on acc
+_EXPERIMENT = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z"
+)  # a directory name and an MLflow experiment name
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How big one search is. Times are for 2 CPU cores (cpu), one GPU (gpu) or a test (smoke)."""
+
+    space: str  # file name under spaces/, or a path
+    size: int  # training resolution; the evaluator always sees 64x64
+    num_samples: int
+    max_epochs: int
+    grace_epochs: int
+    reduction_factor: int
+    scenes: int = 0  # synthetic i-CLEVR scenes to render (3 images each); 0 for other data
+    evaluator_fit: tuple[tuple[str, object], ...] = ()  # FitConfig overrides for an auto-fitted judge
+    evaluator_floor: float = 0.9  # the guard of the evaluator issue; a smoke judge is allowed to be weak
+    presets: tuple[
+        str, ...
+    ] = ()  # spaces/presets/ recipes enqueued first (warm start) when they fit the space
+
+
+@dataclass(frozen=True)
+class EntryDefaults:
+    """What makes one entry script different from another: nothing else may differ."""
+
+    name: str  # experiment prefix
+    description: str
+    model_name: str  # registered model name used by --promote and search.promote
+    data: str  # "synthetic", "digits", a folder or a .parquet pack
+    cpu: Budget
+    gpu: Budget
+    smoke: Budget
+
+
+@dataclass(frozen=True)
+class Options:
+    """Parsed and completed options; every path is absolute."""
+
+    entry: EntryDefaults
+    home: Path
+    space: Path
+    data: str
+    size: int
+    scenes: int
+    evaluator: Path | None
+    evaluator_floor: float
+    evaluator_fit: dict[str, object]
+    num_samples: int
+    max_epochs: int
+    grace_epochs: int
+    reduction_factor: int
+    gpus_per_trial: float
+    cpus_per_trial: float
+    max_concurrent: int | None
+    storage: str
+    tracking_uri: str
+    experiment: str
+    seed: int
+    promote: bool
+    smoke_test: bool
+    objectives: tuple[str, ...]
+    max_failures: int
+    presets: tuple[str, ...]
+    address: str | None
+    budget_name: str
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(OBJECTIVES[o] for o in self.objectives)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad input is one line on stderr and exit status 2 (argparse would also print a long usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def default_home() -> Path:
+    """$CGAN_SEARCH_HOME or ~/.cgan-search: persistent and absolute, because under `ray job submit
+    --working-dir` the CWD is a temporary copy that is deleted, and each trial's CWD is its trial dir."""
+    return Path(os.environ.get(HOME_ENV) or "~/.cgan-search").expanduser().resolve()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _resource(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    if 0 < value < 1 and abs(1 / value - round(1 / value)) > 1e-6:
+        raise argparse.ArgumentTypeError(f"a fraction must divide 1 evenly (0.5, 0.25, ...), got {text!r}")
+    return value
+
+
+def _objectives(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [n for n in names if n not in OBJECTIVES]
+    if not names or bad or len(set(names)) != len(names) or names[0] != "acc":
+        raise argparse.ArgumentTypeError(
+            f"expected 'acc' or 'acc,fid' (acc first: ASHA stops on it), got {text!r}"
+        )
+    return names
+
+
+def _presets(text: str) -> tuple[str, ...]:
+    if text.strip() == "none":
+        return ()
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected preset names separated by commas, or 'none'")
+    return names
+
+
+def _experiment(text: str) -> str:
+    if not _EXPERIMENT.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use letters, digits, '_', '-', '.' (it names a directory and an MLflow experiment)"
+        )
+    return text
+
+
+def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
+    cpu, gpu, smoke = entry.cpu, entry.gpu, entry.smoke
+    p = OneLineParser(
+        prog=prog,
+        description=f"{entry.description} Optuna (TPE) samples each trial's recipe from a YAML space, Ray Tune "
+        "runs the trials and ASHA stops the weak ones on the evaluator's accuracy, MLflow records one parent "
+        "run per search and one child run per trial. Values marked 'budget' come from the cpu, gpu or smoke "
+        f"budget (gpu when the Ray cluster has a GPU). Everything is kept under ${HOME_ENV} "
+        "(default ~/.cgan-search).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument
+    a(
+        "--space",
+        help=f"search space YAML: a path, or a file name under spaces/ (budget: {cpu.space} / {gpu.space} / "
+        f"{smoke.space})",
+    )
+    a(
+        "--data",
+        default=entry.data,
+        help="'synthetic' (render i-CLEVR once, cached), 'digits', an i-CLEVR layout folder, or a .parquet pack",
+    )
+    a(
+        "--size",
+        type=_positive_int,
+        help=f"training resolution (budget: {cpu.size} / {gpu.size} / {smoke.size})",
+    )
+    a(
+        "--evaluator",
+        type=Path,
+        help="judge checkpoint (official {'model': sd} or project, with its PATH.json sidecar); default: one "
+        "fitted on the data once and cached under the home",
+    )
+    a(
+        "--evaluator-floor",
+        type=float,
+        help="refuse an evaluator whose recorded held-out accuracy is below this (budget: "
+        f"{cpu.evaluator_floor} / {gpu.evaluator_floor} / {smoke.evaluator_floor})",
+    )
+    a(
+        "--num-samples",
+        type=_positive_int,
+        help=f"trials in total (budget: {cpu.num_samples} / {gpu.num_samples} / {smoke.num_samples})",
+    )
+    a(
+        "--max-epochs",
+        type=_positive_int,
+        help=f"epochs of a trial ASHA never stops (budget: {cpu.max_epochs} / {gpu.max_epochs} / {smoke.max_epochs})",
+    )
+    a(
+        "--grace-epochs",
+        type=_positive_int,
+        help=f"epochs before ASHA may stop a trial (budget: {cpu.grace_epochs} / {gpu.grace_epochs} / {smoke.grace_epochs})",
+    )
+    a(
+        "--reduction-factor",
+        type=_positive_int,
+        help="ASHA keeps 1/rf of the trials at each rung (budget: "
+        f"{cpu.reduction_factor} / {gpu.reduction_factor} / {smoke.reduction_factor})",
+    )
+    a(
+        "--gpus-per-trial",
+        type=_resource,
+        help="GPUs per trial; a fraction such as 0.25 packs 4 trials on one GPU (default: 0.25 when the "
+        "cluster has GPUs, else 0)",
+    )
+    a(
+        "--cpus-per-trial",
+        type=_resource,
+        default=1.0,
+        help="CPU cores per trial (torch threads in the trial)",
+    )
+    a(
+        "--max-concurrent",
+        type=_positive_int,
+        help="trials running at once (default: what the cluster's CPUs and GPUs hold at the per-trial sizes)",
+    )
+    a("--storage", help="Ray Tune storage: absolute path or URI (default: HOME/ray_results)")
+    a(
+        "--tracking-uri",
+        help="MLflow tracking: http://host:port of a tracking server, or a local store such as "
+        "sqlite:////abs/mlflow.db (default: sqlite:///HOME/mlflow.db, artifacts in HOME/mlartifacts)",
+    )
+    a(
+        "--experiment",
+        type=_experiment,
+        help=f"Tune experiment and MLflow experiment name; rerun with the same name to resume a killed search "
+        f"(default: {entry.name}-YYYYMMDD-HHMMSS, a new search)",
+    )
+    a(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the TPE sampler and every trial (the cached data and judge do not depend on it)",
+    )
+    a(
+        "--promote",
+        action="store_true",
+        help=f"register the best trial's generator as '{entry.model_name}' (alias champion) at the end",
+    )
+    a(
+        "--smoke-test",
+        action="store_true",
+        help="a genuinely small search (tiny data, tiny judge, smoke space): plumbing check in ~1-2 minutes",
+    )
+    a(
+        "--objectives",
+        type=_objectives,
+        default=("acc",),
+        help="'acc' or 'acc,fid' (multi-objective TPE: maximize acc, minimize FID; ASHA still stops on acc)",
+    )
+    a(
+        "--max-failures",
+        type=_non_negative_int,
+        default=2,
+        help="retries of a trial whose worker dies (from its latest checkpoint)",
+    )
+    a(
+        "--presets",
+        type=_presets,
+        help=f"recipes from spaces/presets/ enqueued as the first trials (warm start), comma separated, or "
+        f"'none'; presets the space cannot express are skipped with a note (budget: {','.join(cpu.presets) or 'none'} / "
+        f"{','.join(gpu.presets) or 'none'} / {','.join(smoke.presets) or 'none'})",
+    )
+    a(
+        "--address",
+        help="Ray cluster address (default: $RAY_ADDRESS, set by `ray job submit`; else a local Ray)",
+    )
+    return p
+
+
+def _space_path(text: str) -> Path:
+    """A path as given, else a file under the installed spaces/ folder ('smoke' or 'smoke.yaml')."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path.resolve()
+    import spaces  # the package that holds the space files
+
+    folder = Path(spaces.__file__).resolve().parent
+    for candidate in (folder / text, folder / f"{text}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return path.resolve()
+
+
+def tracking_uri_or_default(text: str | None, home: Path) -> str:
+    if text is None:
+        return f"sqlite:///{home / 'mlflow.db'}"
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}" if text.endswith(".db") else text
+
+
+def parse(
+    entry: EntryDefaults, argv: list[str] | None = None, prog: str | None = None
+) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    parser = build_parser(entry, prog or f"python search/{entry.name}.py")
+    return parser.parse_args(argv), parser
+
+
+def complete(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, entry: EntryDefaults, *, cluster_gpus: float
+) -> Options:
+    """Fill what the command line left unset from the right budget and check what argparse cannot."""
+    budget_name = "smoke" if args.smoke_test else "gpu" if cluster_gpus > 0 else "cpu"
+    budget: Budget = getattr(entry, budget_name)
+    home = default_home()
+    space = _space_path(args.space or budget.space)
+    if not space.is_file():
+        parser.error(f"--space {args.space or budget.space}: no such file (a path, or a name under spaces/)")
+    evaluator = args.evaluator.expanduser().resolve() if args.evaluator else None
+    if evaluator is not None and not evaluator.is_file():
+        parser.error(f"--evaluator {args.evaluator}: no such file")
+    storage = args.storage or str(home / "ray_results")
+    if "://" not in storage:
+        if not os.path.isabs(os.path.expanduser(storage)):
+            parser.error(
+                f"--storage {storage}: must be an absolute path or a URI (trials run in other directories)"
+            )
+        storage = str(Path(storage).expanduser())
+    data = args.data
+    if data not in ("synthetic", "digits"):
+        path = Path(data).expanduser()
+        if not path.exists():
+            parser.error(f"--data {data}: no such folder or file (or use 'synthetic' / 'digits')")
+        data = str(path.resolve())
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if cluster_gpus > 0 else 0.0)
+    if gpus > 0 and cluster_gpus <= 0:
+        parser.error(f"--gpus-per-trial {gpus:g}: the Ray cluster has no GPU")
+    if gpus > 1 and gpus != int(gpus):
+        parser.error(f"--gpus-per-trial {gpus:g}: more than one GPU must be a whole number")
+    if args.cpus_per_trial <= 0:
+        parser.error("--cpus-per-trial must be > 0")
+    max_epochs = args.max_epochs or budget.max_epochs
+    grace = args.grace_epochs or min(budget.grace_epochs, max_epochs)
+    if grace > max_epochs:
+        parser.error(f"--grace-epochs {grace} is more than --max-epochs {max_epochs}")
+    floor = args.evaluator_floor if args.evaluator_floor is not None else budget.evaluator_floor
+    if not 0 <= floor <= 1:
+        parser.error(f"--evaluator-floor {floor}: expected a number in [0, 1]")
+    return Options(
+        entry=entry,
+        home=home,
+        space=space,
+        data=data,
+        size=args.size or budget.size,
+        scenes=budget.scenes,
+        evaluator=evaluator,
+        evaluator_floor=floor,
+        evaluator_fit=dict(budget.evaluator_fit),
+        num_samples=args.num_samples or budget.num_samples,
+        max_epochs=max_epochs,
+        grace_epochs=grace,
+        reduction_factor=args.reduction_factor or budget.reduction_factor,
+        gpus_per_trial=gpus,
+        cpus_per_trial=args.cpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        storage=storage,
+        tracking_uri=tracking_uri_or_default(args.tracking_uri, home),
+        experiment=args.experiment or f"{entry.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        seed=args.seed,
+        promote=args.promote,
+        smoke_test=args.smoke_test,
+        objectives=args.objectives,
+        max_failures=args.max_failures,
+        presets=budget.presets if args.presets is None else args.presets,
+        address=args.address,
+        budget_name=budget_name,
+    )

@@ -1,0 +1,109 @@
+"""A trained generator as an MLflow pyfunc model: a batch of label sets in, a batch of images out.
+
+    model = mlflow.pyfunc.load_model("models:/clevr-cgan@champion")
+    images = model.predict(pd.DataFrame({"labels": [["red cube"], ["blue sphere", "gray cylinder"]]}),
+                           params={"seed": 0})      # uint8 (B, H, W, 3)
+
+The model holds plain data only: the trial's TrainConfig dict, the data info (image size, class names) and
+the generator's state_dict (EMA weights when the trial kept an EMA). `load_context` rebuilds the network
+from the config with the trainers' own factory, so nothing is a pickled closure and the weights load with
+`torch.load(weights_only=True)`. Loading needs this package installed (`pip install -e .`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+GENERATOR_FILE = "generator.pt"
+
+
+def write_generator(checkpoint: Path, out: Path) -> dict[str, Any]:
+    """Slim a trainer checkpoint (G, D, optimizers, RNG...) to what sampling needs; returns the contents."""
+    import torch
+
+    from trainers.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    slim = {
+        "config": state["config"],
+        "data": state["data"],
+        "ema": state["G_ema"] is not None,
+        "state_dict": state["G_ema"] if state["G_ema"] is not None else state["G"],
+    }
+    torch.save(slim, out)
+    return slim
+
+
+def build(slim: dict[str, Any], device: str = "cpu"):
+    """(generator in eval mode, TrainConfig, data info) from the slim dict."""
+    from trainers.config import TrainConfig
+    from trainers.models import build_generator
+
+    config = TrainConfig.from_dict(slim["config"])
+    info = slim["data"]
+    g = build_generator(config, image_size=int(info["image_size"]), n_classes=int(info["n_classes"]))
+    g.load_state_dict(slim["state_dict"])
+    return g.to(device).eval(), config, info
+
+
+def multi_hot(label_sets: Sequence[Sequence[str]], classes: Sequence[str]) -> np.ndarray:
+    """Label-name lists -> (B, C) float32; an unknown name is a ValueError naming it and the valid ones."""
+    index = {name: i for i, name in enumerate(classes)}
+    out = np.zeros((len(label_sets), len(classes)), dtype=np.float32)
+    for row, labels in enumerate(label_sets):
+        if isinstance(labels, str):
+            labels = [labels]
+        for name in labels:
+            if name not in index:
+                raise ValueError(f"unknown label {name!r} in entry {row}; valid: {', '.join(classes)}")
+            out[row, index[name]] = 1.0
+    return out
+
+
+class GeneratorModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: predict(DataFrame with a 'labels' column of label-name lists) -> uint8 (B, H, W, 3)."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        slim = torch.load(context.artifacts["generator"], map_location="cpu", weights_only=True)
+        self.generator, self.config, self.info = build(slim)
+        self.classes = list(self.info.get("classes") or [str(i) for i in range(int(self.info["n_classes"]))])
+        if self.config.g_cond == "none":
+            raise ValueError(
+                f"this generator is not conditioned on labels (g_cond none, arch {self.config.arch}): "
+                "it cannot map label sets to images"
+            )
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
+        import torch
+
+        from trainers.infogan import Latent
+
+        labels = (
+            model_input["labels"]
+            if hasattr(model_input, "__getitem__") and not isinstance(model_input, list)
+            else model_input
+        )
+        label_sets = [list(x) if not isinstance(x, str) else [x] for x in labels]
+        y = torch.from_numpy(multi_hot(label_sets, self.classes))
+        seed = int((params or {}).get("seed", 0))
+        gen = torch.Generator().manual_seed(seed)
+        z, _ = Latent.from_config(self.config).sample(len(y), device=torch.device("cpu"), generator=gen)
+        with torch.no_grad():
+            images = self.generator(z, y)  # (B, 3, H, W) in [-1, 1]
+        return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def example_input(classes: Sequence[str]):
+    import pandas as pd
+
+    return pd.DataFrame({"labels": [[classes[0]], list(classes[: min(3, len(classes))])]})
+
+
+PIP_REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pyyaml", "mlflow")

@@ -1,0 +1,202 @@
+"""What a search leaves behind on its parent run: the leaderboard, Optuna's plots, the study, the summary.
+
+Also the progress table Tune prints while trials run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pickle
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.optuna_bridge import load_study_and_trials, trial_state
+
+TOP = 10
+SHOWN_PARAMS = ("arch", "loss", "g_cond", "d_cond", "d_norm", "lr_g", "lr_d", "batch_size")
+
+
+def progress_reporter(objectives: Sequence[str]):
+    """Tune's table, every 30 s, with the numbers that matter for this search."""
+    from ray import tune
+
+    metrics = {"epoch": "epoch", "acc": "acc", **({"fid": "fid"} if "fid" in objectives else {})}
+    return tune.CLIReporter(
+        metric_columns=metrics,
+        parameter_columns=["arch", "loss", "g_cond", "d_cond"],
+        max_report_frequency=30,
+        max_progress_rows=12,
+        sort_by_metric=True,
+    )
+
+
+@dataclass(frozen=True)
+class Summary:
+    rows: list[dict[str, Any]]  # every trial, best first
+    best: dict[str, Any] | None
+    counts: dict[str, int]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def leaderboard_rows(
+    results, *, max_epochs: int, states: Mapping[str, str], presets: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """One row per trial: id, Optuna state, epochs trained, every acc_*, fid, the config. Best acc first."""
+    rows = []
+    for result in results:
+        metrics = dict(result.metrics or {})
+        config = dict(result.config or {})
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        error = result.error is not None
+        state = states.get(trial_id) or trial_state(metrics, error=error, max_epochs=max_epochs)
+        row = {
+            "trial_id": trial_id,
+            "state": state,
+            "epochs": int(metrics.get("epoch", 0)),
+            "acc": float(metrics.get("acc", math.nan)),
+        }
+        row.update(
+            {k: float(v) for k, v in sorted(metrics.items()) if k.startswith("acc_") and k != "acc_std"}
+        )
+        row["acc_std"] = float(metrics.get("acc_std", math.nan))
+        row["fid"] = float(metrics.get("fid", math.nan))
+        row["diversity"] = float(metrics.get("diversity", math.nan))
+        row["diverged"] = bool(metrics.get("diverged", 0))
+        row["preset"] = next((name for name, c in presets.items() if dict(c) == config), "")
+        row["config"] = json.dumps(config, sort_keys=True)
+        row["_config"] = config
+        rows.append(row)
+    rows.sort(key=lambda r: (-(r["acc"] if not math.isnan(r["acc"]) else -1.0), r["trial_id"]))
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], *, top: int = TOP) -> str:
+    acc_cols = sorted({k for r in rows for k in r if k.startswith("acc_") and k != "acc_std"})
+    cols = ["#", "trial_id", "state", "epochs", "acc", *acc_cols, "fid"]
+    params = [p for p in SHOWN_PARAMS if any(p in r["_config"] for r in rows)]
+    header = cols + params
+    lines = [header]
+    for i, r in enumerate(rows[:top], 1):
+        cells = [str(i)] + [_fmt(r.get(c, "")) for c in cols[1:]]
+        cells += [_fmt(r["_config"].get(p, "")) for p in params]
+        if r["diverged"]:
+            cells[2] += "(diverged)"
+        lines.append(cells)
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    fields = [k for k in rows[0] if not k.startswith("_")] if rows else ["trial_id"]
+    extra = sorted({k for r in rows for k in r if not k.startswith("_")} - set(fields))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields + extra, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: v for k, v in r.items() if not k.startswith("_")})
+    return path
+
+
+def optuna_plots(study, folder: Path, *, objectives: Sequence[str], log: Callable[[str], None]) -> list[Path]:
+    """Optimization history and parameter importances (matplotlib), for the first objective (acc)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    target = (lambda t: t.values[0]) if len(objectives) > 1 else None
+    name = objectives[0]
+    out = []
+    plots = {
+        "optimization_history.png": lambda: ovm.plot_optimization_history(
+            study, target=target, target_name=name
+        ),
+        "param_importances.png": lambda: ovm.plot_param_importances(
+            study,
+            target=target,
+            target_name=name,
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+        ),
+    }
+    for file, draw in plots.items():
+        try:
+            ax = draw()
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. too few COMPLETE trials
+            log(f"no {file}: {' '.join(str(err).split())[:160]}")
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(9, 5)
+        fig.tight_layout()
+        fig.savefig(folder / file, dpi=100)
+        plt.close(fig)
+        out.append(folder / file)
+    return out
+
+
+def summarize(
+    results,
+    *,
+    client,
+    parent_run_id: str,
+    max_epochs: int,
+    objectives: Sequence[str],
+    ceiling: Mapping[str, float],
+    ceiling_source: str,
+    presets: Mapping[str, Mapping[str, Any]],
+    log: Callable[[str], None],
+) -> Summary:
+    """Leaderboard printed and logged, plots and study logged, best vs. ceiling printed."""
+    study, trial_numbers = load_study_and_trials(results.experiment_path)
+    states = {}
+    if study is not None:
+        by_number = {t.number: t for t in study.trials}
+        states = {tid: by_number[n].state.name for tid, n in trial_numbers.items() if n in by_number}
+    rows = leaderboard_rows(results, max_epochs=max_epochs, states=states, presets=presets)
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    counts["diverged"] = sum(r["diverged"] for r in rows)
+    log(
+        f"{len(rows)} trials: {counts['COMPLETE']} complete ({counts['diverged']} diverged), "
+        f"{counts['PRUNED']} pruned by ASHA, {counts['FAIL']} failed"
+    )
+    print(format_table(rows), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        client.log_artifact(parent_run_id, str(write_csv(rows, folder / "leaderboard.csv")))
+        if study is not None:
+            (folder / "optuna").mkdir()
+            with (folder / "optuna" / "study.pkl").open("wb") as f:
+                pickle.dump(study, f)
+            optuna_plots(study, folder / "optuna", objectives=objectives, log=log)
+            client.log_artifacts(parent_run_id, str(folder / "optuna"), artifact_path="optuna")
+    valid = [r for r in rows if not math.isnan(r["acc"]) and r["state"] != "FAIL"]
+    best = valid[0] if valid else None
+    metrics = {f"n_{k.lower()}": float(v) for k, v in counts.items()}
+    if best is not None:
+        metrics.update(
+            {f"best_{k}": v for k, v in best.items() if k.startswith("acc") and isinstance(v, float)}
+        )
+        client.set_tag(parent_run_id, "search.best_trial_id", best["trial_id"])
+    metrics.update({f"ceiling_{k}": float(v) for k, v in ceiling.items()})
+    for key, value in metrics.items():
+        if not math.isnan(value):
+            client.log_metric(parent_run_id, key, value)
+    if best is not None:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("acc") and k != "acc_std")
+        ceil = ", ".join(f"{k} {v:.4f}" for k, v in ceiling.items())
+        log(f"best trial {best['trial_id']}: {shown}")
+        log(f"ceiling ({ceiling_source}): {ceil}")
+    else:
+        log("no trial produced a result")
+    return Summary(rows=rows, best=best, counts=counts)

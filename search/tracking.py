@@ -1,0 +1,289 @@
+"""MLflow for the search: one parent run per search, one child run per trial, and exactly one writer.
+
+Every MLflow call of a search happens in the driver process: the trials report to Tune, and
+`TrialRunsCallback` (a Tune callback, run by the driver) turns their results into child-run metrics,
+their checkpoints into grid and checkpoint artifacts. A local SQLite store therefore never sees two writers
+("database is locked"); an http:// tracking server works the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from search.optuna_bridge import trial_state
+from search.trial import scratch_dir
+
+logger = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG = "search.role"  # "search" (the parent) or "trial"
+DIR_TAG = "search.experiment_dir"  # where Tune keeps the experiment: finds the parent again on resume
+TRIAL_TAG = "ray.trial_id"
+STATE_TAG = "optuna.state"  # COMPLETE / PRUNED / FAIL, as told to Optuna
+CHECKPOINT_FILE_SUFFIXES = (".pt", ".pth", ".json")
+_NOT_METRICS = set(AUTO_RESULT_KEYS) - {"time_total_s"} | {
+    "done",
+    "trial_id",
+    "experiment_tag",
+    "should_checkpoint",
+}
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def ensure_experiment(client: MlflowClient, name: str, *, tracking_uri: str, artifact_root: Path) -> str:
+    """The experiment's id, creating it if needed. With a local store its artifacts go to an absolute
+    `artifact_root/name`: MLflow's default, ./mlartifacts, would land in the (deleted) job directory."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = None if is_server(tracking_uri) else (artifact_root / name).resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def code_version(root: Path | None = None) -> dict[str, str]:
+    """Git commit (+ dirty flag) when there is a checkout, and always a hash of the package sources, which
+    survives `ray job submit` (the job's working dir is a copy without .git)."""
+    root = root or Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for pkg in ("search", "trainers", "spaces"):
+        for f in sorted((root / pkg).rglob("*")):
+            if f.suffix in (".py", ".yaml", ".json") and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(root)).encode())
+                h.update(f.read_bytes())
+    tags = {"search.code_sha256": h.hexdigest()[:16]}
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        tags["mlflow.source.git.commit"] = commit
+        tags["search.git_dirty"] = str(bool(dirty)).lower()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def find_parent(client: MlflowClient, experiment_id: str, experiment_dir: str) -> str | None:
+    """The parent run of an earlier, interrupted driver of the same Tune experiment."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'search' and tags.`{DIR_TAG}` = '{experiment_dir}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def create_parent(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    name: str,
+    experiment_dir: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+) -> str:
+    run = client.create_run(
+        experiment_id, run_name=name, tags={ROLE_TAG: "search", DIR_TAG: experiment_dir, **tags}
+    )
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, str]:
+    """{Ray trial id: MLflow run id} of the parent's live child runs."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50000
+    )
+    return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
+
+
+def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
+    """The trial's own numbers in a Tune result (Ray's bookkeeping and the config left out)."""
+    out = {}
+    for key, value in result.items():
+        if key in _NOT_METRICS or isinstance(value, bool) and key != "diverged":
+            continue
+        if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
+            out[key] = float(value)
+    return out
+
+
+class TrialRunsCallback(Callback):
+    """Logs every trial to its own MLflow child run, from the driver (the only writer).
+
+    A retried trial keeps its Ray trial id and so its run: epochs it repeats after resuming from a
+    checkpoint are not logged twice. After a driver restart (`Tuner.restore`) the runs are found again by
+    their trial-id tag; runs of trials the restored experiment never recorded (created in the last seconds
+    before the kill) are deleted so the experiment holds exactly one run per trial.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        max_epochs: int,
+        presets: Mapping[str, Mapping[str, Any]] | None = None,
+    ):
+        self.tracking_uri = tracking_uri
+        self.presets = {name: dict(c) for name, c in (presets or {}).items()}
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.max_epochs = max_epochs
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+        self._last_epoch: dict[str, float] = {}
+        self._preexisting: set[str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_client", "_runs", "_last_epoch", "_preexisting"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+            self._runs = child_runs(self._client, self.experiment_id, self.parent_run_id)
+            self._preexisting = set(self._runs)
+            for trial_id, run_id in self._runs.items():
+                epoch = self._client.get_run(run_id).data.metrics.get("epoch")
+                if epoch is not None:
+                    self._last_epoch[trial_id] = epoch
+        return self._client
+
+    def setup(self, **info) -> None:
+        _ = self.client
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if self._preexisting:  # once, after a restore: the restored experiment's trials are all known now
+            known = {t.trial_id for t in trials}
+            for trial_id in self._preexisting - known:
+                logger.warning(
+                    "deleting MLflow run of trial %s, which the restored experiment never recorded", trial_id
+                )
+                self.client.delete_run(self._runs.pop(trial_id))
+        self._preexisting = set()
+
+    def run_id(self, trial) -> str:
+        """The trial's child run, created on first sight with the sampled config as params."""
+        client = self.client
+        if trial.trial_id not in self._runs:
+            tags = {PARENT_TAG: self.parent_run_id, ROLE_TAG: "trial", TRIAL_TAG: trial.trial_id}
+            preset = next((name for name, c in self.presets.items() if c == trial.config), None)
+            if preset:
+                tags["search.preset"] = preset
+            run = client.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
+            log_params(client, run.info.run_id, trial.config)
+            self._runs[trial.trial_id] = run.info.run_id
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        run_id = self.run_id(trial)
+        epoch = result.get("epoch")
+        if epoch is None or epoch <= self._last_epoch.get(trial.trial_id, -math.inf):
+            return
+        self._last_epoch[trial.trial_id] = epoch
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, int(epoch)) for k, v in metrics_of(result).items()]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
+        """The sample grids of this evaluation, as grids/epoch_NNN/<condition set>.png."""
+        epoch = int((trial.last_result or {}).get("epoch", 0))
+        with checkpoint.as_directory() as folder:
+            grids = sorted(Path(folder, "grids").glob("*.png"))
+            for grid in grids:
+                self.client.log_artifact(
+                    self.run_id(trial), str(grid), artifact_path=f"grids/epoch_{epoch:03d}"
+                )
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        self.client.set_tag(self.run_id(trial), "search.retries", str(trial.run_metadata.num_failures))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._finish(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._finish(trial, error=True)
+
+    def _finish(self, trial, *, error: bool) -> None:
+        """Tag the Optuna state, log the final checkpoint, close the run."""
+        run_id = self.run_id(trial)
+        result = trial.last_result or {}
+        state = trial_state(result, error=error, max_epochs=self.max_epochs)
+        tags = [
+            RunTag(STATE_TAG, state),
+            RunTag("search.diverged", str(bool(result.get("diverged"))).lower()),
+        ]
+        self.client.log_batch(run_id, tags=tags)
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                for f in _checkpoint_files(Path(folder)):
+                    self.client.log_artifact(run_id, str(f), artifact_path="checkpoint")
+        status = RunStatus.to_string(RunStatus.FAILED if error else RunStatus.FINISHED)
+        self.client.set_terminated(run_id, status=status)
+        _remove_scratch(trial.experiment_dir_name, trial.trial_id)
+
+
+def _remove_scratch(experiment: str, trial_id: str) -> None:
+    """A trial stopped by ASHA is killed and cannot clean up its scratch folder (local runs only)."""
+    shutil.rmtree(scratch_dir(experiment, trial_id), ignore_errors=True)
+
+
+def _checkpoint_files(folder: Path) -> Iterable[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix in CHECKPOINT_FILE_SUFFIXES)
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    if is_server(tracking_uri):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"

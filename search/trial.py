@@ -1,0 +1,139 @@
+"""The Tune trial: build, restore, train with a report per evaluation, report divergence as acc 0.
+
+Everything a trial needs arrives through `tune.with_parameters` (stored once in Ray's object store): the
+data, the evaluator's bytes and the condition sets. So a trial reads no file the driver wrote and works
+on any node of a cluster; the only paths it uses are absolute ones Tune gives it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"  # the trainer's checkpoint inside every Tune checkpoint directory
+REPORT_NAME = "report.json"  # epoch and step of that checkpoint
+GRIDS_DIR = "grids"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """Search-wide settings every trial shares."""
+
+    evaluator: bytes  # the judge's checkpoint file, official {"model": state_dict} format
+    evaluator_meta: dict[str, Any]  # its sidecar (classes, fingerprint, held-out accuracy)
+    conditions: dict[str, np.ndarray]  # condition set name -> (N, C) multi-hot rows, e.g. test, new_test
+    max_epochs: int
+    seed: int
+    cpus: float
+    use_gpu: bool
+
+
+def load_evaluator(setup: TrialSetup, device: torch.device):
+    """The judge rebuilt from bytes (no shared filesystem needed)."""
+    from trainers.evaluator import Evaluator, ResNet18
+
+    state = torch.load(io.BytesIO(setup.evaluator), map_location="cpu", weights_only=True)["model"]
+    width, n_classes = int(state["conv1.weight"].shape[0]), int(state["fc.0.weight"].shape[0])
+    net = ResNet18(n_classes=n_classes, width=width)
+    net.load_state_dict(state)
+    return Evaluator(
+        net, classes=setup.evaluator_meta.get("classes"), meta=setup.evaluator_meta, device=device
+    )
+
+
+def _restore(scratch: Path) -> tuple[Path | None, int]:
+    """The latest Tune checkpoint of this trial (after a worker failure or a driver restart), copied out,
+    and the epoch it was taken at."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, 0
+    with checkpoint.as_directory() as folder:
+        target = scratch / "resume.pt"  # removed with the trainer's files at the first report
+        shutil.copy2(Path(folder) / CHECKPOINT_NAME, target)
+        epoch = json.loads((Path(folder) / REPORT_NAME).read_text())["epoch"]
+    return target, int(epoch)
+
+
+def scratch_dir(experiment: str, trial_id: str) -> Path:
+    """Where a trial's trainer writes: outside the trial directory, because Tune copies that directory to
+    storage with every experiment snapshot (scratch checkpoints would be copied too). Known to the driver,
+    which removes it when the trial ends (a trial stopped by ASHA is killed and cannot)."""
+    return Path(tempfile.gettempdir()) / "cgan-search-trials" / f"{experiment}-{trial_id}"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # the trainer renames new checkpoints into place: this inode stays intact
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
+    """Tune function trainable. `config` is a full TrainConfig dict; `data` an ImageSet."""
+    from ray import tune
+
+    from trainers.config import TrainConfig
+    from trainers.train import Diverged, train
+
+    torch.set_num_threads(max(1, int(setup.cpus)))
+    device = torch.device("cuda" if setup.use_gpu and torch.cuda.is_available() else "cpu")
+    context = tune.get_context()
+    scratch = scratch_dir(context.get_experiment_name(), context.get_trial_id())
+    shutil.rmtree(scratch, ignore_errors=True)  # a retried trial starts from its Tune checkpoint
+
+    def report(ev) -> None:
+        """One evaluation -> one Tune result with a checkpoint (trainer checkpoint + sample grids).
+
+        The trainer's own checkpoint files are unlinked once linked into the report folder: only Tune's
+        copies remain (bounded per trial by CheckpointConfig).
+        """
+        metrics = {**ev.metrics, "epoch": ev.epoch, "step": ev.step, "diverged": 0}
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="report-") as tmp:
+            folder = Path(tmp)
+            _link_or_copy(Path(ev.checkpoint), folder / CHECKPOINT_NAME)
+            (folder / REPORT_NAME).write_text(json.dumps({"epoch": ev.epoch, "step": ev.step}))
+            (folder / GRIDS_DIR).mkdir()
+            for name, grid in ev.grids.items():
+                _link_or_copy(Path(grid), folder / GRIDS_DIR / f"{name}.png")
+            for stale in scratch.glob("*.pt"):  # last.pt, best.pt, resume.pt: Tune's copies replace them
+                stale.unlink(missing_ok=True)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        last["epoch"] = ev.epoch
+
+    evaluator = load_evaluator(setup, device)
+    scratch.mkdir(parents=True)
+    resume, epoch = _restore(scratch)
+    last = {"epoch": epoch}
+    try:
+        train(
+            TrainConfig.from_dict(config),
+            data,
+            epochs=setup.max_epochs,
+            out_dir=scratch,
+            evaluator=evaluator,
+            conditions=setup.conditions,
+            resume=resume,
+            callback=report,
+            eval_every=1,
+            device=device,
+            seed=setup.seed,
+            progress=False,
+        )
+    except Diverged as err:
+        # A finished recipe that failed to converge (not a crash): acc 0, the search goes on.
+        names = [f"acc_{n}" for n in setup.conditions]
+        failed = {n: 0.0 for n in (*names, "acc")}
+        tune.report(
+            {**failed, "fid": float("inf"), "epoch": last["epoch"] + 1, "step": err.step, "diverged": 1}
+        )
