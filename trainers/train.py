@@ -4,10 +4,11 @@
     result = train(config, data, epochs=20, out_dir=Path("/abs/run"), evaluator=ev,
                    conditions={"test": c1, "new_test": c2}, callback=report_fn)
 
-One epoch = ceil-free `steps_per_epoch(len(data), config)` training steps, each n_critic D updates and one G
-update: D sees about len(data) real images per epoch whatever n_critic is, so epochs cost the same compute
-across recipes (what an epoch-based scheduler such as ASHA compares). The trainer imports no framework: it
-reports every evaluation through `callback(EvalReport)`, which may raise to stop training.
+One epoch = `steps_per_epoch(len(data), config)` = round(len(data) / (batch_size * n_critic)) training
+steps, each n_critic D updates then one G update: D sees about len(data) real images per epoch whatever
+n_critic is, so an epoch costs about the same compute across recipes (what ASHA compares by; max(1, ...)
+for tiny sets). The trainer imports no framework: it reports every evaluation through
+`callback(EvalReport)`, which may raise to stop training.
 
 Command line: python -m trainers.train --preset NAME --data DIR --epochs E [--size S] [--out DIR] ...
 """
@@ -34,7 +35,7 @@ from trainers.config import ConfigError, TrainConfig, load_preset, preset_names
 from trainers.infogan import code_accuracy
 from trainers.step import GAN, Diverged, build_gan, train_step
 
-__all__ = ["Diverged", "EvalReport", "steps_per_epoch", "train"]
+__all__ = ["Diverged", "EvalReport", "evaluate", "steps_per_epoch", "train"]
 
 LOG_EVERY = 50  # steps between loss reads: each read is one device sync, negligible at this interval
 N_REAL_FID = 1000  # real images FID is computed against: fixed, so FIDs compare across trials
@@ -150,6 +151,13 @@ class _Judge:
                 save_image(images.add(1).div(2).clamp(0, 1).cpu(), path, nrow=8, padding=1)
                 paths[name] = path
         return paths
+
+
+def evaluate(
+    gan: GAN, data: Any, evaluator: Any, conditions: Mapping[str, np.ndarray | Tensor], *, seed: int = 0
+) -> dict[str, float]:
+    """The metrics train() reports, for any GAN: e.g. a freshly built one, as the untrained baseline."""
+    return _Judge(gan, _device_data(data, gan.device), evaluator, conditions, seed).metrics()
 
 
 def train(
@@ -286,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from (e.g. RUN/last.pt)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     return p
 
@@ -318,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.data import DataError, conditions_for, load_dataset
     from trainers.evaluator import Evaluator, EvaluatorError
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         config = _config_from_args(args)
         ds = load_dataset(args.data, size=args.size, progress=True)
