@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Any
 
 from search.options import EntryDefaults, Options, complete, parse
@@ -28,7 +29,7 @@ def main(entry: EntryDefaults, argv: list[str] | None = None) -> int:
     # imported (the mode is read once, at import); `ray job submit` passes the cluster's own setting.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     args, parser = parse(entry, argv)
-    complete(args, parser, entry, cluster_gpus=0)  # bad input fails here, before Ray starts
+    complete(args, parser, entry, cluster_gpus=None)  # bad input fails here, before Ray starts
     from spaces import SpaceError
     from trainers.data import DataError
     from trainers.evaluator import EvaluatorError
@@ -142,6 +143,7 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
     # result; a forced experiment snapshot per checkpoint (num_to_keep=1) is what makes resume exact.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # group=True, plots
     started = start_ray(args.address)
     try:
         resources = ray.cluster_resources()

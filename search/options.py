@@ -325,10 +325,16 @@ def parse(
 
 
 def complete(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, entry: EntryDefaults, *, cluster_gpus: float
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    entry: EntryDefaults,
+    *,
+    cluster_gpus: float | None,
 ) -> Options:
-    """Fill what the command line left unset from the right budget and check what argparse cannot."""
-    budget_name = "smoke" if args.smoke_test else "gpu" if cluster_gpus > 0 else "cpu"
+    """Fill what the command line left unset from the right budget and check what argparse cannot.
+
+    `cluster_gpus` None: not known yet (before Ray starts); everything but GPU availability is checked."""
+    budget_name = "smoke" if args.smoke_test else "gpu" if cluster_gpus else "cpu"
     budget: Budget = getattr(entry, budget_name)
     home = default_home()
     space = _space_path(args.space or budget.space)
@@ -350,8 +356,8 @@ def complete(
         if not path.exists():
             parser.error(f"--data {data}: no such folder or file (or use 'synthetic' / 'digits')")
         data = str(path.resolve())
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if cluster_gpus > 0 else 0.0)
-    if gpus > 0 and cluster_gpus <= 0:
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if cluster_gpus else 0.0)
+    if gpus > 0 and cluster_gpus is not None and cluster_gpus <= 0:
         parser.error(f"--gpus-per-trial {gpus:g}: the Ray cluster has no GPU")
     if gpus > 1 and gpus != int(gpus):
         parser.error(f"--gpus-per-trial {gpus:g}: more than one GPU must be a whole number")

@@ -18,6 +18,7 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 GENERATOR_FILE = "generator.pt"
 
@@ -80,18 +81,14 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                 "it cannot map label sets to images"
             )
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
+        """model_input: a DataFrame (or dict) with a "labels" column of label-name lists; params: {"seed"}."""
         import torch
 
         from trainers.infogan import Latent
 
-        labels = (
-            model_input["labels"]
-            if hasattr(model_input, "__getitem__") and not isinstance(model_input, list)
-            else model_input
-        )
-        label_sets = [list(x) if not isinstance(x, str) else [x] for x in labels]
-        y = torch.from_numpy(multi_hot(label_sets, self.classes))
+        label_sets = [[x] if isinstance(x, str) else list(x) for x in model_input["labels"]]
+        y = torch.from_numpy(multi_hot(label_sets, self.classes))  # (B, C)
         seed = int((params or {}).get("seed", 0))
         gen = torch.Generator().manual_seed(seed)
         z, _ = Latent.from_config(self.config).sample(len(y), device=torch.device("cpu"), generator=gen)
@@ -100,9 +97,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def example_input(classes: Sequence[str]):
-    import pandas as pd
-
+def example_input(classes: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({"labels": [[classes[0]], list(classes[: min(3, len(classes))])]})
 
 
