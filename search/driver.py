@@ -29,13 +29,15 @@ def main(entry: EntryDefaults, argv: list[str] | None = None) -> int:
     # imported (the mode is read once, at import); `ray job submit` passes the cluster's own setting.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     args, parser = parse(entry, argv)
-    complete(args, parser, entry, cluster_gpus=None)  # bad input fails here, before Ray starts
-    from spaces import SpaceError
+    probe = complete(args, parser, entry, cluster_gpus=None)  # bad input fails here, before Ray starts
+    from spaces import SpaceError, load_space
     from trainers.data import DataError
     from trainers.evaluator import EvaluatorError
     from trainers.models.registry import ConfigError
 
     try:
+        if args.space:
+            load_space(probe.space)  # a malformed space file, too
         return run(entry, args, parser)
     except (SearchError, SpaceError, DataError, EvaluatorError, ConfigError) as err:
         print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
