@@ -229,3 +229,56 @@ def test_only_trial_numbers_become_metrics():
         "timestamp": 1, "time_total_s": 4.0, "hostname": "h", "node_ip": "1",
     }  # fmt: skip
     assert set(metrics_of(result)) == {"acc", "acc_test", "fid", "epoch", "diverged", "time_total_s"}
+
+
+def _record_config(config):
+    from ray import tune
+
+    tune.report({"acc": 0.5, "epoch": 1})
+
+
+def presets_through_tune(storage: str) -> None:
+    """Run in a fresh process (RAY_AUTH_MODE must be set before ray is imported)."""
+    import ray
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    space = load_space(SPACES / "clevr.yaml")
+    presets, _ = fitting_presets(space, CLEVR_PRESETS)
+    searcher = PresetOptunaSearch(
+        space.define_by_run,
+        metric="acc",
+        mode="max",
+        sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, group=True),
+        max_epochs=1,
+        presets=presets,
+    )
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = tune.Tuner(
+            _record_config,
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, 2), num_samples=len(presets) + 1
+            ),
+            run_config=tune.RunConfig(storage_path=storage, name="presets", verbose=0),
+        ).fit()
+    finally:
+        ray.shutdown()
+    configs = [TrainConfig.from_dict(r.config) for r in results]
+    for name in CLEVR_PRESETS:
+        assert load_preset(name) in configs, name
+    assert len(results) == len(presets) + 1 and not results.errors
+    print("presets ok")
+
+
+@pytest.mark.slow
+def test_ray_tune_really_runs_the_presets_with_a_define_by_run_space(tmp_path):
+    """Through Tuner, SearchGenerator and ConcurrencyLimiter, not just the searcher: every preset is a trial
+    whose config is the whole preset."""
+    code = f"from tests.test_search import presets_through_tune; presets_through_tune({str(tmp_path)!r})"
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=180
+    )
+    assert out.returncode == 0 and "presets ok" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
