@@ -79,11 +79,50 @@ def head(tmp_path_factory):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_ray_job_submit_runs_the_smoke_search_and_results_land_where_configured(head, tmp_path_factory):
+@pytest.fixture
+def tracking_server(tmp_path_factory):
+    """infra/mlflow-server.sh on a free port; yields its http:// URI."""
+    (port,) = free_ports(1)
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    log = (folder / "server.log").open("w")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        [str(ROOT / "infra" / "mlflow-server.sh"), "--port", str(port), "--home", str(folder)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    spawned: set[int] = set()
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            spawned.update(children_of(proc.pid))
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None, (folder / "server.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "the MLflow server did not start"
+                time.sleep(1)
+        yield uri
+    finally:
+        spawned.update(children_of(proc.pid))
+        kill_pids([proc.pid, *spawned], signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            kill_pids([proc.pid, *spawned])
+        log.close()
+
+
+def test_ray_job_submit_runs_the_smoke_search_and_results_land_where_configured(
+    head, tracking_server, tmp_path_factory
+):
+    """The job logs to an MLflow tracking server over HTTP (infra/mlflow-server.sh) and keeps its Tune
+    results in the --storage it was given."""
     address, env = head
     home = tmp_path_factory.getbasetemp() / "search-home"  # shared caches with the other search tests
     home.mkdir(exist_ok=True)
-    storage, tracking = home / "job-results", f"sqlite:///{home / 'job-mlflow.db'}"
+    storage, tracking = home / "job-results", tracking_server
     runtime_env = f'{{"env_vars": {{"CGAN_SEARCH_HOME": "{home}"}}}}'
     out = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
@@ -96,7 +135,11 @@ def test_ray_job_submit_runs_the_smoke_search_and_results_land_where_configured(
     assert "[search] best trial" in out.stdout  # the job's driver output streams back
     trials = tune_trials(storage / "job")
     assert len(trials) >= 6 and all(trials.values())
-    _, parents, children = mlflow_runs(home, "job", tracking_uri=tracking)
+    client, parents, children = mlflow_runs(home, "job", tracking_uri=tracking)
     assert len(parents) == 1 and len(children) == len(trials)
+    artifacts = {
+        a.path for a in client.list_artifacts(children[0].info.run_id)
+    }  # uploaded through the server
+    assert {"checkpoint", "grids"} <= artifacts
     # The job's working dir was a temporary copy: nothing may have been written relative to it.
     assert parents[0].data.tags["search.experiment_dir"] == f"{storage}/job"
