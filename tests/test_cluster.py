@@ -17,7 +17,6 @@ import pytest
 
 from tests.test_search_support import ROOT, children_of, kill_pids, mlflow_runs, tune_trials
 
-pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent  # ray and python of this environment
 
 
@@ -114,6 +113,7 @@ def tracking_server(tmp_path_factory):
         log.close()
 
 
+@pytest.mark.slow
 def test_ray_job_submit_runs_the_smoke_search_and_results_land_where_configured(
     head, tracking_server, tmp_path_factory
 ):
@@ -143,3 +143,15 @@ def test_ray_job_submit_runs_the_smoke_search_and_results_land_where_configured(
     assert {"checkpoint", "grids"} <= artifacts
     # The job's working dir was a temporary copy: nothing may have been written relative to it.
     assert parents[0].data.tags["search.experiment_dir"] == f"{storage}/job"
+
+
+def test_cluster_yaml_is_valid_for_ray_up():
+    """infra/ray-cluster.yaml passes the cluster launcher's own schema (as `ray up` checks it)."""
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "infra" / "ray-cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    commands = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    assert commands.count("RAY_AUTH_MODE=token") == 2  # token auth on every node, explicitly
+    assert "~/.ray/auth_token" in config["file_mounts"]
