@@ -38,9 +38,11 @@ class Discriminator(nn.Module):
         self.out = layers.conv(channels + sum(c.extra_late for c in conds), 1, 4)  # 4x4 -> 1x1
         n_aux = sum(c.aux_classes for c in conds)
         self.aux = layers.linear(channels, n_aux) if n_aux else None
-        # InfoGAN's Q network: one hidden layer on the shared features (Chen et al. 2016, appendix C).
+        # InfoGAN's Q network: one hidden layer on the whole final feature map (Chen et al. 2016, appendix C).
+        # Not on the pooled features: pooling discards layout, and G would then hide its codes in global
+        # statistics (brightness, stroke width) instead of in what the evaluator reads (digit shape).
         self.q = (
-            nn.Sequential(layers.linear(channels, 128), nn.LeakyReLU(0.2), layers.linear(128, q_dim))
+            nn.Sequential(layers.linear(channels * 16, 128), nn.LeakyReLU(0.2), layers.linear(128, q_dim))
             if q_dim
             else None
         )
@@ -50,6 +52,8 @@ class Discriminator(nn.Module):
             x = cond.image(x, y)
         f = self.body(x)  # (B, C, 4, 4)
         h = f.sum((2, 3))  # (B, C): global sum pooling, as in SNGAN
+        aux = self.aux(h).float() if self.aux is not None else None
+        q = self.q(f.flatten(1)).float() if self.q is not None else None  # from (B, C * 4 * 4)
         for cond in self.conds:
             f = cond.late(f, y)
         logits = self.out(f).flatten().float()  # (B,)
@@ -57,8 +61,6 @@ class Discriminator(nn.Module):
             term = cond.project(h, y)
             if term is not None:
                 logits = logits + term.float()
-        aux = self.aux(h).float() if self.aux is not None else None
-        q = self.q(h).float() if self.q is not None else None
         return DOut(logits, aux, q)
 
 
