@@ -16,10 +16,6 @@ from typing import Any
 from search.options import EntryDefaults, Options, complete, parse
 
 
-class SearchError(RuntimeError):
-    """A problem with the user's input found after parsing (one line, exit status 2)."""
-
-
 def _say(text: str) -> None:
     print(f"[search] {text}", flush=True)
 
@@ -39,7 +35,7 @@ def main(entry: EntryDefaults, argv: list[str] | None = None) -> int:
         if args.space:
             load_space(probe.space)  # a malformed space file, too
         return run(entry, args, parser)
-    except (SearchError, SpaceError, DataError, EvaluatorError, ConfigError) as err:
+    except (SpaceError, DataError, EvaluatorError, ConfigError) as err:
         print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -126,18 +122,136 @@ def max_concurrent(opts: Options, resources: dict[str, float]) -> int:
     return max(1, n)
 
 
+def open_parent_run(
+    client, opts: Options, *, entry: EntryDefaults, space, prepared, presets, concurrency: int
+):
+    """(experiment id, parent run id, experiment dir, resuming): this search's parent run, or the one of the
+    interrupted driver whose Tune experiment is being restored."""
+    from ray import tune
+
+    from search import tracking
+
+    experiment_id = tracking.ensure_experiment(
+        client, opts.experiment, tracking_uri=opts.tracking_uri, artifact_root=opts.home / "mlartifacts"
+    )
+    experiment_dir = f"{opts.storage.rstrip('/')}/{opts.experiment}"
+    resuming = tune.Tuner.can_restore(experiment_dir)
+    parent = tracking.find_parent(client, experiment_id, experiment_dir) if resuming else None
+    if parent is not None:
+        client.update_run(parent, status="RUNNING")
+        return experiment_id, parent, experiment_dir, resuming
+    data, meta = prepared.data, prepared.evaluator_meta
+    tags = {
+        "search.entry": entry.name,
+        "search.model_name": entry.model_name,
+        "search.space": str(opts.space),
+        "search.space_sha256": space.sha256,
+        "search.data": prepared.data_spec,
+        "search.data_fingerprint": data.fingerprint,
+        "search.evaluator": str(prepared.evaluator_path),
+        "search.evaluator_fingerprint": prepared.evaluator_fingerprint,
+        "search.evaluator_data_fingerprint": str(meta.get("data_fingerprint")),
+        "search.evaluator_heldout_acc": str(meta.get("heldout_acc")),
+        "search.objectives": ",".join(opts.objectives),
+        "search.budget": opts.budget_name,
+        **tracking.code_version(),
+    }
+    params = {
+        "num_samples": opts.num_samples,
+        "max_epochs": opts.max_epochs,
+        "grace_epochs": opts.grace_epochs,
+        "reduction_factor": opts.reduction_factor,
+        "gpus_per_trial": opts.gpus_per_trial,
+        "cpus_per_trial": opts.cpus_per_trial,
+        "max_concurrent": concurrency,
+        "max_failures": opts.max_failures,
+        "seed": opts.seed,
+        "size": data.size,
+        "presets": ",".join(presets) or "none",
+        "objectives": ",".join(opts.objectives),
+    }
+    parent = tracking.create_parent(
+        client,
+        experiment_id,
+        name=f"search-{opts.experiment}",
+        experiment_dir=experiment_dir,
+        tags=tags,
+        params=params,
+    )
+    return experiment_id, parent, experiment_dir, resuming
+
+
+def make_searcher(opts: Options, space, presets):
+    """Seeded multivariate TPE (keyword-only arguments), PRUNED reporting, presets first."""
+    import optuna
+
+    from search.optuna_bridge import PresetOptunaSearch
+
+    multi = len(opts.objectives) > 1
+    return PresetOptunaSearch(
+        space.define_by_run,
+        metric=list(opts.objectives) if multi else opts.objectives[0],
+        mode=list(opts.modes) if multi else opts.modes[0],
+        sampler=optuna.samplers.TPESampler(
+            seed=opts.seed,
+            multivariate=True,
+            group=True,  # conditional parameters: model each branch's parameters jointly
+            constant_liar=True,  # running trials count as bad guesses: parallel trials spread out
+            n_startup_trials=min(10, max(2, opts.num_samples // 3)),
+        ),
+        max_epochs=opts.max_epochs,
+        presets=presets,
+    )
+
+
+def make_tuner(opts: Options, trainable, *, searcher, callback, concurrency: int):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.optuna_bridge import TIME_ATTR
+    from search.report import progress_reporter
+
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+            # metric and mode live on the searcher and the scheduler (giving them twice raises)
+            scheduler=ASHAScheduler(
+                time_attr=TIME_ATTR,
+                metric="acc",
+                mode="max",
+                max_t=opts.max_epochs,
+                grace_period=opts.grace_epochs,
+                reduction_factor=opts.reduction_factor,
+            ),
+            num_samples=opts.num_samples,
+            trial_dirname_creator=trial_dirname,  # the default embeds the whole config in the path
+        ),
+        run_config=tune.RunConfig(
+            name=opts.experiment,
+            storage_path=opts.storage,
+            callbacks=[callback],
+            # Best (by acc) and latest checkpoint per trial: bounded disk for any number of trials.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="acc", checkpoint_score_order="max"
+            ),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            progress_reporter=progress_reporter(opts.objectives),
+            verbose=1,
+        ),
+    )
+
+
 def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import mlflow
     import optuna
     import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
 
     from search import report, tracking
     from search.defaults import prepare
-    from search.optuna_bridge import TIME_ATTR, PresetOptunaSearch
     from search.trial import TrialSetup, run_trial
     from spaces import load_space
 
@@ -157,7 +271,7 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
             f"{opts.experiment}: {opts.budget_name} budget, space {opts.space.name} ({space.summary()}), "
             f"{opts.num_samples} trials <= {opts.max_epochs} epochs, ASHA grace {opts.grace_epochs} rf "
             f"{opts.reduction_factor}, {concurrency} at once ({opts.cpus_per_trial:g} CPU, "
-            f"{opts.gpus_per_trial:g} GPU each)"
+            f"{opts.gpus_per_trial:g} GPU each), presets: {', '.join(presets) or 'none'}"
         )
         for note in notes:
             _say(note)
@@ -165,56 +279,21 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
         data = prepared.data
         _say(
             f"data {prepared.data_spec}: {len(data)} images at {data.size}px (fingerprint {data.fingerprint}); "
-            f"evaluator {prepared.evaluator_path} (held-out acc {prepared.evaluator_meta.get('heldout_acc', float('nan')):.3f})"
+            f"evaluator {prepared.evaluator_path} (held-out acc "
+            f"{prepared.evaluator_meta.get('heldout_acc', float('nan')):.3f})"
         )
 
-        # --- MLflow: the experiment and this search's parent run (found again when resuming) ---
         mlflow.set_tracking_uri(opts.tracking_uri)
         client = MlflowClient(opts.tracking_uri)
-        artifact_root = opts.home / "mlartifacts"
-        experiment_id = tracking.ensure_experiment(
-            client, opts.experiment, tracking_uri=opts.tracking_uri, artifact_root=artifact_root
+        experiment_id, parent, experiment_dir, resuming = open_parent_run(
+            client,
+            opts,
+            entry=entry,
+            space=space,
+            prepared=prepared,
+            presets=presets,
+            concurrency=concurrency,
         )
-        experiment_dir = f"{opts.storage.rstrip('/')}/{opts.experiment}"
-        resuming = tune.Tuner.can_restore(experiment_dir)
-        parent = tracking.find_parent(client, experiment_id, experiment_dir) if resuming else None
-        if parent is None:
-            parent = tracking.create_parent(
-                client,
-                experiment_id,
-                name=f"search-{opts.experiment}",
-                experiment_dir=experiment_dir,
-                tags={
-                    "search.entry": entry.name,
-                    "search.model_name": entry.model_name,
-                    "search.space": str(opts.space),
-                    "search.space_sha256": space.sha256,
-                    "search.data": prepared.data_spec,
-                    "search.data_fingerprint": data.fingerprint,
-                    "search.evaluator": str(prepared.evaluator_path),
-                    "search.evaluator_fingerprint": prepared.evaluator_fingerprint,
-                    "search.evaluator_data_fingerprint": str(prepared.evaluator_meta.get("data_fingerprint")),
-                    "search.objectives": ",".join(opts.objectives),
-                    "search.budget": opts.budget_name,
-                    **tracking.code_version(),
-                },
-                params={
-                    "num_samples": opts.num_samples,
-                    "max_epochs": opts.max_epochs,
-                    "grace_epochs": opts.grace_epochs,
-                    "reduction_factor": opts.reduction_factor,
-                    "gpus_per_trial": opts.gpus_per_trial,
-                    "cpus_per_trial": opts.cpus_per_trial,
-                    "max_concurrent": concurrency,
-                    "max_failures": opts.max_failures,
-                    "seed": opts.seed,
-                    "size": data.size,
-                    "presets": ",".join(presets) or "none",
-                    "objectives": ",".join(opts.objectives),
-                },
-            )
-
-        # --- Tune ---
         setup = TrialSetup(
             evaluator=prepared.evaluator_path.read_bytes(),
             evaluator_meta=prepared.evaluator_meta,
@@ -225,67 +304,33 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
             use_gpu=opts.gpus_per_trial > 0,
         )
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, data=data, setup=setup),
+            tune.with_parameters(run_trial, data=data, setup=setup),  # in the object store once per search
             {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
         )
         if resuming:
             _say(f"resuming {experiment_dir} (finished trials are kept, the study continues)")
             tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True)
         else:
-            multi = len(opts.objectives) > 1
-            searcher = PresetOptunaSearch(
-                space.define_by_run,
-                metric=list(opts.objectives) if multi else opts.objectives[0],
-                mode=list(opts.modes) if multi else opts.modes[0],
-                sampler=optuna.samplers.TPESampler(
-                    seed=opts.seed,
-                    multivariate=True,
-                    group=True,  # conditional parameters: model each branch's parameters jointly
-                    constant_liar=True,  # running trials count as bad guesses: parallel trials spread out
-                    n_startup_trials=min(10, max(2, opts.num_samples // 3)),
-                ),
+            callback = tracking.TrialRunsCallback(
+                tracking_uri=opts.tracking_uri,
+                experiment_id=experiment_id,
+                parent_run_id=parent,
                 max_epochs=opts.max_epochs,
                 presets=presets,
             )
-            tuner = tune.Tuner(
+            tuner = make_tuner(
+                opts,
                 trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-                    scheduler=ASHAScheduler(
-                        time_attr=TIME_ATTR,
-                        metric="acc",
-                        mode="max",
-                        max_t=opts.max_epochs,
-                        grace_period=opts.grace_epochs,
-                        reduction_factor=opts.reduction_factor,
-                    ),
-                    num_samples=opts.num_samples,
-                    trial_dirname_creator=trial_dirname,  # the default embeds the whole config in the path
-                ),
-                run_config=tune.RunConfig(
-                    name=opts.experiment,
-                    storage_path=opts.storage,
-                    callbacks=[
-                        tracking.TrialRunsCallback(
-                            tracking_uri=opts.tracking_uri,
-                            experiment_id=experiment_id,
-                            parent_run_id=parent,
-                            max_epochs=opts.max_epochs,
-                            presets=presets,
-                        )
-                    ],
-                    # Best (by acc) and latest checkpoint per trial: bounded disk for any number of trials.
-                    checkpoint_config=tune.CheckpointConfig(
-                        num_to_keep=1, checkpoint_score_attribute="acc", checkpoint_score_order="max"
-                    ),
-                    failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                    progress_reporter=report.progress_reporter(opts.objectives),
-                    verbose=1,
-                ),
+                searcher=make_searcher(opts, space, presets),
+                callback=callback,
+                concurrency=concurrency,
             )
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        except BaseException:
+            client.set_terminated(parent, status="KILLED")  # rerun the same command to resume
+            raise
 
-        # --- After the search ---
         summary = report.summarize(
             results,
             client=client,
