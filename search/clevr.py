@@ -18,13 +18,13 @@ CLEVR = EntryDefaults(
     description="Search conditional-GAN recipes on i-CLEVR.",
     model_name="clevr-cgan",
     data="synthetic",
-    # 2 CPU cores: 32x32, tiny nets (~3 s an epoch with its evaluation), 2 trials at once; render and judge
-    # fit once (cached), then ~6-10 minutes of trials. ASHA rungs at 2, 6 and 18 epochs.
+    # 2 CPU cores: 32x32, tiny nets, 2 trials at once (3 s an epoch with its evaluation on an idle machine,
+    # 8 s on a shared one); ASHA rungs at 2 and 6 epochs: ~75 epochs, 3-6 minutes. Render and judge fit once.
     cpu=Budget(
         space="smoke.yaml",
         size=32,
-        num_samples=24,
-        max_epochs=20,
+        num_samples=16,
+        max_epochs=12,
         grace_epochs=2,
         reduction_factor=3,
         scenes=1000,

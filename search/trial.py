@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
     from trainers.train import Diverged, train
 
     torch.set_num_threads(max(1, int(setup.cpus)))
+    # `data` lives in Ray's read-only object store; the trainer only reads it (no copy per trial).
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     device = torch.device("cuda" if setup.use_gpu and torch.cuda.is_available() else "cpu")
     context = tune.get_context()
     scratch = scratch_dir(context.get_experiment_name(), context.get_trial_id())

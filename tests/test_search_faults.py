@@ -129,7 +129,7 @@ def test_dead_worker_is_retried_and_a_killed_driver_resumes(home, tmp_path):
 
 
 def test_diverging_trials_finish_as_acc_zero_and_the_multi_objective_search_goes_on(home, tmp_path):
-    """The digits entry (the same driver) with a space where lr_d = 1e10 makes D's loss non-finite."""
+    """The digits entry (the same driver) with a space where lr_d = 1e10 makes D's loss non-finite; --promote."""
     space = write_space(
         tmp_path / "diverge.yaml",
         loss="bce",
@@ -142,7 +142,7 @@ def test_diverging_trials_finish_as_acc_zero_and_the_multi_objective_search_goes
     out, _ = run_search(
         home,
         *("--smoke-test", "--space", str(space), "--objectives", "acc,fid", "--num-samples", "4"),
-        *("--max-epochs", "2", "--experiment", experiment),
+        *("--max-epochs", "2", "--experiment", experiment, "--promote"),
         entry="digits",
         cwd=tmp_path,
     )
@@ -165,3 +165,8 @@ def test_diverging_trials_finish_as_acc_zero_and_the_multi_objective_search_goes
         assert trial.state.name == "COMPLETE" and trial.values == [0.0, math.inf]
     assert "acc_digits" in children[0].data.metrics  # digits conditions, not i-CLEVR's
     assert Path(parents[0].data.tags["search.space"]) == space
+
+    # --promote registered the best non-diverged trial under the digits entry's own model name.
+    version = client.get_model_version_by_alias("digits-cgan", "champion")
+    assert version.tags["trial_run_id"] not in {r.info.run_id for r in diverged}
+    assert "promoted: models:/digits-cgan@champion" in out.stdout
