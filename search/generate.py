@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from search.options import OneLineParser, default_home, tracking_uri_or_default
+from search.options import HelpFormatter, OneLineParser, default_home, tracking_uri_or_default
 
 
 def read_label_sets(text: str) -> list[list[str]]:
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m search.generate",
         description="Images for a label file from a registered generator (MLflow pyfunc).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", required=True, help="model URI, e.g. models:/clevr-cgan@champion")
     p.add_argument("--labels", required=True, help="JSON list of label lists, or test / new_test (bundled)")

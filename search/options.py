@@ -91,6 +91,15 @@ class Options:
         return tuple(OBJECTIVES[o] for o in self.objectives)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one to show (None means "from the budget", said in the text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Bad input is one line on stderr and exit status 2 (argparse would also print a long usage block)."""
 
@@ -173,12 +182,12 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
         "run per search and one child run per trial. Values marked 'budget' come from the cpu, gpu or smoke "
         f"budget (gpu when the Ray cluster has a GPU). Everything is kept under ${HOME_ENV} "
         "(default ~/.cgan-search).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     a = p.add_argument
     a(
         "--space",
-        help=f"search space YAML: a path, or a file name under spaces/ (budget: {cpu.space} / {gpu.space} / "
+        help=f"search space YAML: a path, or a file name under spaces/ (budget cpu/gpu/smoke: {cpu.space} / {gpu.space} / "
         f"{smoke.space})",
     )
     a(
@@ -189,7 +198,7 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
     a(
         "--size",
         type=_positive_int,
-        help=f"training resolution (budget: {cpu.size} / {gpu.size} / {smoke.size})",
+        help=f"training resolution (budget cpu/gpu/smoke: {cpu.size} / {gpu.size} / {smoke.size})",
     )
     a(
         "--evaluator",
@@ -200,28 +209,28 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
     a(
         "--evaluator-floor",
         type=float,
-        help="refuse an evaluator whose recorded held-out accuracy is below this (budget: "
+        help="refuse an evaluator whose recorded held-out accuracy is below this (budget cpu/gpu/smoke: "
         f"{cpu.evaluator_floor} / {gpu.evaluator_floor} / {smoke.evaluator_floor})",
     )
     a(
         "--num-samples",
         type=_positive_int,
-        help=f"trials in total (budget: {cpu.num_samples} / {gpu.num_samples} / {smoke.num_samples})",
+        help=f"trials in total (budget cpu/gpu/smoke: {cpu.num_samples} / {gpu.num_samples} / {smoke.num_samples})",
     )
     a(
         "--max-epochs",
         type=_positive_int,
-        help=f"epochs of a trial ASHA never stops (budget: {cpu.max_epochs} / {gpu.max_epochs} / {smoke.max_epochs})",
+        help=f"epochs of a trial ASHA never stops (budget cpu/gpu/smoke: {cpu.max_epochs} / {gpu.max_epochs} / {smoke.max_epochs})",
     )
     a(
         "--grace-epochs",
         type=_positive_int,
-        help=f"epochs before ASHA may stop a trial (budget: {cpu.grace_epochs} / {gpu.grace_epochs} / {smoke.grace_epochs})",
+        help=f"epochs before ASHA may stop a trial (budget cpu/gpu/smoke: {cpu.grace_epochs} / {gpu.grace_epochs} / {smoke.grace_epochs})",
     )
     a(
         "--reduction-factor",
         type=_positive_int,
-        help="ASHA keeps 1/rf of the trials at each rung (budget: "
+        help="ASHA keeps 1/rf of the trials at each rung (budget cpu/gpu/smoke: "
         f"{cpu.reduction_factor} / {gpu.reduction_factor} / {smoke.reduction_factor})",
     )
     a(
@@ -285,7 +294,7 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
         "--presets",
         type=_presets,
         help=f"recipes from spaces/presets/ enqueued as the first trials (warm start), comma separated, or "
-        f"'none'; presets the space cannot express are skipped with a note (budget: {','.join(cpu.presets) or 'none'} / "
+        f"'none'; presets the space cannot express are skipped with a note (budget cpu/gpu/smoke: {','.join(cpu.presets) or 'none'} / "
         f"{','.join(gpu.presets) or 'none'} / {','.join(smoke.presets) or 'none'})",
     )
     a(

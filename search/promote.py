@@ -18,7 +18,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from search.options import OneLineParser, default_home, tracking_uri_or_default
+from search.options import HelpFormatter, OneLineParser, default_home, tracking_uri_or_default
 from search.tracking import PARENT_TAG, ROLE_TAG, STATE_TAG
 
 LOWER_IS_BETTER = ("fid",)
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m search.promote",
         description="Register the best trial of a search as an MLflow model version and set an alias on it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--experiment", required=True, help="the search's MLflow experiment (its --experiment)")
     p.add_argument("--metric", default="acc", help="rank trials by this final metric (fid: lower is better)")
