@@ -79,7 +79,7 @@ def test_pack_round_trip_is_exact(iclevr_folder, tmp_path):
 
 def test_load_dataset_uses_and_invalidates_the_cache(iclevr_folder):
     first = data.load_dataset(iclevr_folder, size=16, progress=False)
-    packs = list(cache_dir().glob("*.parquet"))
+    packs = list(cache_dir().glob(f"{iclevr_folder.name}-16-*.parquet"))
     assert len(packs) == 1
     again = data.load_dataset(iclevr_folder, size=16, progress=False)
     assert again.fingerprint == first.fingerprint
