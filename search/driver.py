@@ -15,6 +15,8 @@ from typing import Any
 
 from search.options import EntryDefaults, Options, complete, parse
 
+STRICT_FLOOR = 0.9  # the evaluator issue's guard; budgets may accept less (a CPU demo, a smoke test)
+
 
 def _say(text: str) -> None:
     print(f"[search] {text}", flush=True)
@@ -277,6 +279,12 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
             _say(note)
         prepared = prepare(opts, log=_say)
         data = prepared.data
+        heldout = float(prepared.evaluator_meta.get("heldout_acc", float("nan")))
+        if heldout < STRICT_FLOOR:
+            _say(
+                f"warning: the evaluator's held-out accuracy {heldout:.3f} is below {STRICT_FLOOR}, the floor "
+                f"of real searches (this run accepts >= {opts.evaluator_floor}): read its accuracies as rough"
+            )
         _say(
             f"data {prepared.data_spec}: {len(data)} images at {data.size}px (fingerprint {data.fingerprint}); "
             f"evaluator {prepared.evaluator_path} (held-out acc "
