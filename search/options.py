@@ -319,11 +319,21 @@ def _space_path(text: str) -> Path:
 
 
 def tracking_uri_or_default(text: str | None, home: Path) -> str:
+    """HOME's SQLite store by default; a bare path to a .db file becomes an absolute sqlite:/// URI."""
     if text is None:
         return f"sqlite:///{home / 'mlflow.db'}"
     if "://" in text:
         return text
     return f"sqlite:///{Path(text).expanduser().resolve()}" if text.endswith(".db") else text
+
+
+def relative_store(uri: str) -> bool:
+    """sqlite:///x.db and file:x are relative to the working dir, which `ray job submit` deletes
+    (sqlite:////abs/x.db and file:///abs are absolute)."""
+    for prefix in ("sqlite:///", "file://", "file:"):
+        if uri.startswith(prefix):
+            return not uri[len(prefix) :].startswith("/")
+    return False
 
 
 def parse(
@@ -376,6 +386,11 @@ def complete(
     grace = args.grace_epochs or min(budget.grace_epochs, max_epochs)
     if grace > max_epochs:
         parser.error(f"--grace-epochs {grace} is more than --max-epochs {max_epochs}")
+    tracking = tracking_uri_or_default(args.tracking_uri, home)
+    if relative_store(tracking):
+        parser.error(
+            f"--tracking-uri {tracking}: a relative path; use an absolute one (sqlite:////abs/mlflow.db)"
+        )
     floor = args.evaluator_floor if args.evaluator_floor is not None else budget.evaluator_floor
     if not 0 <= floor <= 1:
         parser.error(f"--evaluator-floor {floor}: expected a number in [0, 1]")
@@ -397,7 +412,7 @@ def complete(
         cpus_per_trial=args.cpus_per_trial,
         max_concurrent=args.max_concurrent,
         storage=storage,
-        tracking_uri=tracking_uri_or_default(args.tracking_uri, home),
+        tracking_uri=tracking,
         experiment=args.experiment or f"{entry.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         seed=args.seed,
         promote=args.promote,

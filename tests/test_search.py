@@ -59,6 +59,7 @@ def test_help_explains_every_option():
         ["--objectives", "fid"],
         ["--objectives", "acc,loss"],
         ["--storage", "relative/path"],
+        ["--tracking-uri", "sqlite:///relative.db"],
         ["--space", "no_such_space.yaml"],
         ["--gpus-per-trial", "0.3"],
         ["--experiment", "a/b"],
