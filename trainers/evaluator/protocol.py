@@ -1,0 +1,133 @@
+"""The evaluation protocol every trainer uses: n seeded draws per condition -> acc, acc_std, fid, diversity."""
+
+from __future__ import annotations
+
+import math
+import weakref
+import zlib
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trainers.evaluator.metrics import FeatureStats, feature_stats, frechet_distance, topk_accuracy
+from trainers.evaluator.model import Evaluator, as_model_input
+
+GenerateFn = Callable[[Tensor, torch.Generator], Tensor]  # (labels (B, C), cpu generator) -> (B, 3, H, W)
+
+
+def draw_seed(seed: int, draw: int, name: str) -> int:
+    """The noise seed of one (seed, draw, condition set): independent of the other sets and of batch_size order."""
+    return int(np.random.SeedSequence([seed, draw, zlib.crc32(name.encode())]).generate_state(1)[0])
+
+
+def real_feature_stats(
+    evaluator: Evaluator, real: Tensor | np.ndarray, *, batch_size: int = 256
+) -> FeatureStats:
+    """Feature statistics of real images (uint8 (N, H, W, 3) or float (N, 3, H, W) in [-1, 1]).
+
+    The last result is cached on the evaluator for as long as the same, unmodified array is passed: a trainer
+    that evaluates every few epochs against the same real set pays for its forward passes once.
+    """
+    version = getattr(real, "_version", None)
+    cache = evaluator._real_cache
+    if cache is not None and cache[0]() is real and cache[1] == version:
+        return cache[2]
+    feats = [
+        evaluator.features(as_model_input(real[i : i + batch_size]), batch_size=batch_size)
+        for i in range(0, len(real), batch_size)
+    ]
+    stats = feature_stats(torch.cat(feats))
+    try:
+        evaluator._real_cache = (weakref.ref(real), version, stats)
+    except TypeError:  # an object that cannot be weakly referenced is simply not cached
+        evaluator._real_cache = None
+    return stats
+
+
+def _pairwise_mean(feats: Tensor) -> Tensor:
+    """(D draws, N rows, F) -> (N,) mean L2 distance over the D*(D-1)/2 pairs of draws of each row."""
+    x = feats.transpose(0, 1).double()  # (N, D, F)
+    dist = torch.cdist(x, x)  # (N, D, D)
+    d = x.shape[1]
+    upper = torch.triu(torch.ones(d, d, dtype=torch.bool), diagonal=1)
+    return dist[:, upper].mean(dim=1)
+
+
+def evaluate_generator(
+    generate: GenerateFn,
+    evaluator: Evaluator,
+    conditions: Mapping[str, Tensor | np.ndarray],
+    *,
+    real: Tensor | np.ndarray | None = None,
+    n_draws: int = 8,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Generate every condition row ``n_draws`` times from fixed noise and judge the results.
+
+    ``generate(labels, generator)`` gets labels (B, C) on the evaluator's device and a CPU ``torch.Generator``
+    seeded by ``draw_seed(seed, draw, name)``: it must take all its noise from that generator (e.g.
+    ``torch.randn(..., generator=g).to(device)``) so the same seeds give the same images on any device.
+    It returns (B, 3, H, W) images in [-1, 1]; a set larger than batch_size is generated in consecutive
+    chunks drawn from one generator. Put the generator network in the mode you want judged before calling.
+
+    Returns ``acc_<name>`` (official top-k accuracy of the whole set, mean over draws), ``acc`` (mean of those),
+    ``acc_std`` (population std over draws of the per-draw mean over sets; 0 for one draw), ``fid``
+    (Frechet distance in the evaluator's penultimate features between all generated images and ``real``; nan
+    without ``real``) and ``diversity`` (mean pairwise feature distance between the draws of one condition
+    row, averaged over all rows; ~0 for a collapsed generator, nan for one draw).
+    """
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+    if not conditions:
+        raise ValueError("conditions is empty")
+    labels = {}
+    for name, cond in conditions.items():
+        t = torch.as_tensor(cond, dtype=torch.float32).cpu()
+        if t.dim() != 2 or t.shape[1] != evaluator.n_classes or len(t) == 0:
+            raise ValueError(
+                f"conditions[{name!r}] must be (N, {evaluator.n_classes}) for this evaluator, got {tuple(t.shape)}"
+            )
+        labels[name] = t
+    accs: dict[str, list[float]] = {name: [] for name in labels}
+    feats: dict[str, list[Tensor]] = {name: [] for name in labels}  # per draw: (N, F)
+    with torch.inference_mode():
+        for draw in range(n_draws):
+            for name, lab in labels.items():
+                gen = torch.Generator().manual_seed(draw_seed(seed, draw, name))
+                probs, fs = [], []
+                for chunk in lab.split(batch_size):
+                    images = generate(chunk.to(evaluator.device), gen)
+                    if (
+                        not torch.is_tensor(images)
+                        or images.dim() != 4
+                        or images.shape[:2] != (len(chunk), 3)
+                    ):
+                        got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+                        raise ValueError(
+                            f"generate returned {got} for {len(chunk)} labels; expected ({len(chunk)}, 3, H, W)"
+                        )
+                    p, f = evaluator.scores_and_features(images, batch_size=batch_size)
+                    probs.append(p)
+                    fs.append(f)
+                accs[name].append(topk_accuracy(torch.cat(probs), lab))
+                feats[name].append(torch.cat(fs))
+        real_stats = real_feature_stats(evaluator, real, batch_size=batch_size) if real is not None else None
+
+    per_draw = np.mean([accs[name] for name in labels], axis=0)  # (n_draws,)
+    result = {f"acc_{name}": float(np.mean(accs[name])) for name in labels}
+    result["acc"] = float(np.mean([result[f"acc_{name}"] for name in labels]))
+    result["acc_std"] = float(np.std(per_draw))
+    all_feats = torch.cat([f for name in labels for f in feats[name]])
+    result["fid"] = (
+        frechet_distance(feature_stats(all_feats), real_stats) if real_stats is not None else math.nan
+    )
+    if n_draws > 1:
+        result["diversity"] = float(
+            torch.cat([_pairwise_mean(torch.stack(feats[name])) for name in labels]).mean()
+        )
+    else:
+        result["diversity"] = math.nan
+    return result
