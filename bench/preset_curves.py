@@ -101,6 +101,27 @@ def run_preset(name: str, args: argparse.Namespace, overrides: dict) -> dict:
     }
 
 
+def plot(results: dict, path: Path) -> None:
+    """Accuracy vs training CPU-minutes, one line per preset, starting from its untrained accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    for r in results.values():
+        xs = [0.0] + [c["cpu_min"] for c in r["curve"]]
+        ys = [r["untrained"]["acc"]] + [c["acc"] for c in r["curve"]]
+        ax.plot(xs, ys, label=f"{r['preset']} ({r['data'].split()[-1]})", linewidth=1.2)
+    ax.set_xlabel("training CPU-minutes (1 thread, 32x32)")
+    ax.set_ylabel("acc (evaluator protocol)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", default=",".join(preset_names()))
@@ -115,6 +136,7 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every preset"
     )
     p.add_argument("--out", default="bench/results")
+    p.add_argument("--plot", default=None, help="also draw every curve in OUT/preset_curves.json to this PNG")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import yaml
@@ -130,6 +152,8 @@ def main() -> None:
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")
 
+    if args.plot:
+        plot(results, Path(args.plot))
     print("\n| preset | data | untrained acc | acc after budget (best) | CPU-min | epochs |")
     print("|---|---|---|---|---|---|")
     for r in results.values():
