@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -30,6 +31,16 @@ from trainers.evaluator import (
 )
 from trainers.evaluator.__main__ import main
 from trainers.evaluator.fit import augment
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine two spinning OpenMP threads per process cost 5-10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 # -- accuracy -------------------------------------------------------------------------------------------
 
@@ -328,14 +339,13 @@ def test_evaluate_generator_protocol(digits, digits_evaluator):
         "twice": np.eye(10, dtype=np.float32)[[1, 2, 3] * 3],
     }
     good = lookup_generator(digits.images, digits.labels)
-    res = evaluate_generator(good, ev, conditions, real=digits.images, n_draws=4, seed=0, batch_size=8)
+    real = digits.images[:400]
+    res = evaluate_generator(good, ev, conditions, real=real, n_draws=4, seed=0, batch_size=8)
     assert set(res) == {"acc_digits", "acc_twice", "acc", "acc_std", "fid", "diversity"}
     assert res["acc"] == pytest.approx((res["acc_digits"] + res["acc_twice"]) / 2)
     assert res["acc"] > 0.7 and res["diversity"] > 0 and res["acc_std"] >= 0
     # fixed noise: identical result, CPU generators, labels on the evaluator's device, chunks of batch_size
-    assert (
-        evaluate_generator(good, ev, conditions, real=digits.images, n_draws=4, seed=0, batch_size=8) == res
-    )
+    assert evaluate_generator(good, ev, conditions, real=real, n_draws=4, seed=0, batch_size=8) == res
     assert {(d.type, g.type) for d, g, _ in good.calls} == {("cpu", "cpu")}
     assert len({s for *_, s in good.calls}) == 4 * 2  # one seed per (draw, condition set)
     # a collapsed generator scores the same kind of accuracy but no diversity
@@ -345,7 +355,7 @@ def test_evaluate_generator_protocol(digits, digits_evaluator):
     assert collapsed["diversity"] == pytest.approx(0, abs=1e-6) and collapsed["acc_std"] == 0
     assert math.isnan(collapsed["fid"])
     # noise: chance-level accuracy, FID far above that of real images
-    noise = evaluate_generator(noise_generator, ev, conditions, real=digits.images, n_draws=4)
+    noise = evaluate_generator(noise_generator, ev, conditions, real=real, n_draws=4)
     assert noise["acc"] < 0.4 and noise["fid"] > 3 * res["fid"]
 
 
@@ -353,7 +363,7 @@ def test_evaluate_generator_real_formats_and_single_draw(digits, digits_evaluato
     ev, _ = digits_evaluator
     cond = {"digits": np.eye(10, dtype=np.float32)}
     gen = lookup_generator(digits.images, digits.labels)
-    real_u8 = digits.images[:300]
+    real_u8 = digits.images[:200]
     real_f = torch.as_tensor(real_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
     a = evaluate_generator(gen, ev, cond, real=real_u8, n_draws=1)
     b = evaluate_generator(gen, ev, cond, real=real_f, n_draws=1)
@@ -417,10 +427,8 @@ def test_check_evaluator_refuses(saved, change, kwargs, needles):
 
 def test_cli_fit_and_score_digits(tmp_path, capsys):
     out = tmp_path / "digits.pt"
-    assert (
-        main(["fit", "--data", "digits", "--size", "16", "--out", str(out), "--width", "8", "--epochs", "1"])
-        == 0
-    )
+    args = ["--data", "digits", "--size", "16", "--out", str(out), "--width", "8", "--epochs", "1"]
+    assert main(["fit", *args, "--max-train", "128", "--threads", "1"]) == 0
     meta = json.loads(sidecar_path(out).read_text())
     for key in (
         "data_fingerprint",
@@ -460,24 +468,16 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, bad):
 
 
 def test_cli_entry_point_and_no_heavy_imports(tmp_path):
+    """One interpreter: importing the API pulls in no ray/mlflow/data stack; the real entry point exits 2."""
     code = (
-        "import sys, trainers.evaluator;"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'trainers.data')))"
+        "import sys, runpy, trainers.evaluator;"
+        "heavy = ('ray', 'mlflow', 'trainers.data');"
+        "print(sorted(m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in heavy)), flush=True);"
+        f"sys.argv = ['x', 'score', '--evaluator', {str(tmp_path / 'x.pt')!r}, '--data', 'digits'];"
+        "runpy.run_module('trainers.evaluator', run_name='__main__', alter_sys=True)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainers.evaluator",
-            "score",
-            "--evaluator",
-            str(tmp_path / "x.pt"),
-            "--data",
-            "digits",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.stdout.strip() == "[]"
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert "x.pt" in proc.stderr
