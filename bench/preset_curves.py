@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -143,14 +144,17 @@ def main() -> None:
 
     overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
     results_path = Path(args.out) / "preset_curves.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name in args.presets.split(","):
         print(f"{name}: training for {args.budget:.0f} CPU-seconds at {args.size}x{args.size}", flush=True)
-        results[name] = run_preset(name, args, overrides)
-        results[name]["budget_cpu_s"] = args.budget
-        results[name]["threads"] = args.threads
+        result = {**run_preset(name, args, overrides), "budget_cpu_s": args.budget, "threads": args.threads}
+        # Re-read before writing: benches of other presets may run at the same time into the same file.
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        results[name] = result
         results_path.parent.mkdir(parents=True, exist_ok=True)
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        tmp = results_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(results_path)
+    results = json.loads(results_path.read_text())
 
     if args.plot:
         plot(results, Path(args.plot))

@@ -18,19 +18,19 @@ CLEVR = EntryDefaults(
     description="Search conditional-GAN recipes on i-CLEVR.",
     model_name="clevr-cgan",
     data="synthetic",
-    # 2 CPU cores: 32x32, tiny nets, 2 trials at once. 4,000 scenes because the judge needs them (12 epochs:
-    # held-out ~0.78, ~3 CPU-minutes idle); one GAN epoch is then 750 steps (~8 s with its evaluation on an
-    # idle machine), so ASHA's rungs are 1, 2 and 4 epochs: ~35 epochs in all, 3-8 minutes.
+    # 2 CPU cores: 32x32, tiny nets, 2 trials at once. 10,000 scenes (30,000 images): data, not epochs, is
+    # what the judge needs (docs/evaluator.md); its 12-epoch fit takes ~8 minutes on 2 idle cores and
+    # clears the 0.9 floor at 32x32 (measured 0.912; 8 epochs gave 0.879). One GAN epoch is 1,875 steps at
+    # batch 16, so ASHA's rungs are 1 and 2 epochs: 12 trials, ~18 epochs in all.
     cpu=Budget(
         space="smoke.yaml",
         size=32,
-        num_samples=16,
-        max_epochs=4,
+        num_samples=12,
+        max_epochs=2,
         grace_epochs=1,
         reduction_factor=2,
-        scenes=4000,
+        scenes=10000,
         evaluator_fit=(("epochs", 12),),
-        evaluator_floor=0.7,  # below the 0.9 of real searches: a laptop demo, said in its output
     ),
     # One GPU: the wide space at the reports' 64x64, 4 trials per GPU (--gpus-per-trial 0.25).
     gpu=Budget(

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from trainers.cli import non_negative_int, positive_int
+
 HOME_ENV = "CGAN_SEARCH_HOME"
 OBJECTIVES = {"acc": "max", "fid": "min"}  # metric -> direction; ASHA always stops on acc
 _EXPERIMENT = re.compile(
@@ -114,26 +116,6 @@ def default_home() -> Path:
     return Path(os.environ.get(HOME_ENV) or "~/.cgan-search").expanduser().resolve()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
 def _resource(text: str) -> float:
     try:
         value = float(text)
@@ -197,7 +179,7 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
     )
     a(
         "--size",
-        type=_positive_int,
+        type=positive_int,
         help=f"training resolution (budget cpu/gpu/smoke: {cpu.size} / {gpu.size} / {smoke.size})",
     )
     a(
@@ -214,22 +196,22 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
     )
     a(
         "--num-samples",
-        type=_positive_int,
+        type=positive_int,
         help=f"trials in total (budget cpu/gpu/smoke: {cpu.num_samples} / {gpu.num_samples} / {smoke.num_samples})",
     )
     a(
         "--max-epochs",
-        type=_positive_int,
+        type=positive_int,
         help=f"epochs of a trial ASHA never stops (budget cpu/gpu/smoke: {cpu.max_epochs} / {gpu.max_epochs} / {smoke.max_epochs})",
     )
     a(
         "--grace-epochs",
-        type=_positive_int,
+        type=positive_int,
         help=f"epochs before ASHA may stop a trial (budget cpu/gpu/smoke: {cpu.grace_epochs} / {gpu.grace_epochs} / {smoke.grace_epochs})",
     )
     a(
         "--reduction-factor",
-        type=_positive_int,
+        type=positive_int,
         help="ASHA keeps 1/rf of the trials at each rung (budget cpu/gpu/smoke: "
         f"{cpu.reduction_factor} / {gpu.reduction_factor} / {smoke.reduction_factor})",
     )
@@ -247,7 +229,7 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
     )
     a(
         "--max-concurrent",
-        type=_positive_int,
+        type=positive_int,
         help="trials running at once (default: what the cluster's CPUs and GPUs hold at the per-trial sizes)",
     )
     a("--storage", help="Ray Tune storage: absolute path or URI (default: HOME/ray_results)")
@@ -286,7 +268,7 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
     )
     a(
         "--max-failures",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=2,
         help="retries of a trial whose worker dies (from its latest checkpoint)",
     )

@@ -43,3 +43,15 @@ def iclevr_folder(tmp_path: Path) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Automatic packs go to a per-session temp dir, never the developer's ~/.cache."""
     monkeypatch.setenv("CGAN_SEARCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: a second torch thread costs more in synchronisation than it saves. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

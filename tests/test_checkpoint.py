@@ -10,41 +10,13 @@ import torch
 
 import trainers.checkpoint as ckpt
 from trainers.config import ConfigError, TrainConfig
-from trainers.data import ImageSet
 from trainers.evaluator import Evaluator, ResNet18
 from trainers.train import steps_per_epoch, train
 
-N_CLASSES = 5
+from .tiny import N_CLASSES, TINY, random_set
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def random_set(n: int = 12, size: int = 16) -> ImageSet:
-    rng = np.random.default_rng(0)
-    return ImageSet(
-        images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-        labels=(rng.random((n, N_CLASSES)) < 0.3).astype(np.float32),
-        files=tuple(f"f{i}.png" for i in range(n)),
-        classes=tuple(f"c{i}" for i in range(N_CLASSES)),
-        fingerprint="fp",
-    )
-
-
-TINY = {
-    "width": 4,
-    "z_dim": 8,
-    "embed_dim": 4,
-    "attn_res": 8,
-    "batch_size": 2,
-    "disc_codes": 3,
-    "cont_codes": 1,
-}
 # Recipes that between them draw from every random source the step uses: z, codes, batch indices,
 # DiffAugment, dropout, the gradient penalty's interpolation, EMA and both optimizers' state.
 RECIPES = {

@@ -22,25 +22,9 @@ from trainers.models import (
 from trainers.models.conditioning import D_CONDITIONING, G_CONDITIONING
 from trainers.models.layers import D_NORMS, G_NORMS, INITS, SelfAttention
 
-N_CLASSES = 5
-TINY = {
-    "width": 4,
-    "z_dim": 8,
-    "embed_dim": 4,
-    "attn_res": 8,
-    "batch_size": 2,
-    "disc_codes": 3,
-    "cont_codes": 1,
-}
+from .tiny import N_CLASSES, TINY
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second thread costs more in synchronisation than it saves.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(**kw) -> TrainConfig:

@@ -13,48 +13,21 @@ import torch
 
 import trainers.step
 from trainers.config import ConfigError, TrainConfig
-from trainers.data import DeviceData, ImageSet
+from trainers.data import DeviceData
 from trainers.losses import LOSSES
 from trainers.models import ARCHITECTURES
 from trainers.models.conditioning import D_CONDITIONING, G_CONDITIONING
 from trainers.models.layers import D_NORMS
 from trainers.step import Diverged, build_gan, train_step
 
-TINY = {
-    "width": 4,
-    "z_dim": 8,
-    "embed_dim": 4,
-    "attn_res": 8,
-    "batch_size": 2,
-    "disc_codes": 3,
-    "cont_codes": 1,
-}
-N_CLASSES = 5
+from .tiny import N_CLASSES, TINY, random_set
 
-
-def random_data(n: int = 16, size: int = 16, n_classes: int = N_CLASSES, seed: int = 0) -> DeviceData:
-    rng = np.random.default_rng(seed)
-    labels = (rng.random((n, n_classes)) < 0.3).astype(np.float32)
-    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    files = tuple(f"img{i}.png" for i in range(n))
-    classes = tuple(f"c{i}" for i in range(n_classes))
-    return DeviceData(
-        ImageSet(images=images, labels=labels, files=files, classes=classes, fingerprint="test")
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def data() -> DeviceData:
-    return random_data()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second thread costs more in synchronisation than it saves.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return DeviceData(random_set(16))
 
 
 # Input methods combined with the auxiliary classifier, as the registry allows: "channel+acgan", ...

@@ -13,32 +13,13 @@ import torch
 from PIL import Image
 
 from trainers.config import TrainConfig
-from trainers.data import ImageSet
 from trainers.evaluator import Evaluator, ResNet18
 from trainers.infogan import Latent, code_accuracy, info_loss, matched_accuracy
 from trainers.train import Diverged, EvalReport, main, steps_per_epoch, train
 
-N_CLASSES = 5
-TINY = {"width": 4, "z_dim": 8, "embed_dim": 4, "batch_size": 2, "disc_codes": 3, "cont_codes": 1}
+from .tiny import N_CLASSES, TINY, random_set
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def random_set(n: int = 8, size: int = 16) -> ImageSet:
-    rng = np.random.default_rng(0)
-    return ImageSet(
-        images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-        labels=np.eye(N_CLASSES, dtype=np.float32)[rng.integers(0, N_CLASSES, n)],
-        files=tuple(f"f{i}.png" for i in range(n)),
-        classes=tuple(f"c{i}" for i in range(N_CLASSES)),
-        fingerprint="fp",
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(**kw) -> TrainConfig:
@@ -61,7 +42,7 @@ def test_reports_every_evaluation_and_after_the_last_epoch(tmp_path):
     reports: list[EvalReport] = []
     result = train(
         config(),
-        random_set(),
+        random_set(8, one_hot=True),
         epochs=5,
         out_dir=tmp_path,
         evaluator=evaluator(),
@@ -96,7 +77,7 @@ def test_callback_can_stop_training(tmp_path):
     with pytest.raises(Stop):
         train(
             config(),
-            random_set(),
+            random_set(8, one_hot=True),
             epochs=3,
             out_dir=tmp_path,
             evaluator=None,
@@ -110,7 +91,7 @@ def test_callback_can_stop_training(tmp_path):
 def test_trains_without_an_evaluator(tmp_path):
     result = train(
         config(),
-        random_set(),
+        random_set(8, one_hot=True),
         epochs=1,
         out_dir=tmp_path,
         evaluator=None,
@@ -124,7 +105,15 @@ def test_trains_without_an_evaluator(tmp_path):
 def test_divergence_ends_the_trial(tmp_path):
     cfg = config(loss="bce", d_norm="none", g_norm="none", lr_g=1e10, lr_d=1e10)
     with pytest.raises(Diverged):
-        train(cfg, random_set(64), epochs=3, out_dir=tmp_path, evaluator=None, conditions={}, progress=False)
+        train(
+            cfg,
+            random_set(64, one_hot=True),
+            epochs=3,
+            out_dir=tmp_path,
+            evaluator=None,
+            conditions={},
+            progress=False,
+        )
 
 
 def test_epoch_means_one_pass_of_d_over_the_data():
@@ -186,7 +175,7 @@ def test_infogan_reports_matched_code_accuracy(tmp_path):
     reports = []
     train(
         cfg,
-        random_set(),
+        random_set(8, one_hot=True),
         epochs=1,
         out_dir=tmp_path,
         evaluator=evaluator(),

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from trainers.checkpoint import load_checkpoint, make_checkpoint, restore, save_checkpoint
+from trainers.cli import positive_int, run_command
 from trainers.config import ConfigError, TrainConfig, load_preset, preset_names
 from trainers.infogan import code_accuracy
 from trainers.step import GAN, Diverged, build_gan, train_step
@@ -283,18 +284,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainers.train", description="Train one cGAN preset.")
     p.add_argument("--preset", required=True, help=f"one of: {', '.join(preset_names())}")
     p.add_argument("--data", required=True, help="'digits', a packed .parquet, or a folder in i-CLEVR layout")
-    p.add_argument("--epochs", type=int, required=True, help="total epochs (with --resume: up to this many)")
-    p.add_argument("--size", type=int, default=64, help="training resolution (default 64)")
+    p.add_argument(
+        "--epochs", type=positive_int, required=True, help="total epochs (with --resume: up to this many)"
+    )
+    p.add_argument("--size", type=positive_int, default=64, help="training resolution (default 64)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default data/runs/PRESET)")
     p.add_argument(
         "--evaluator", type=Path, default=None, help="evaluator checkpoint (default: the data's own)"
     )
-    p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (default 1)")
+    p.add_argument(
+        "--eval-every", type=positive_int, default=1, help="epochs between evaluations (default 1)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from (e.g. RUN/last.pt)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     return p
 
@@ -329,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
+
+    def body() -> None:
         config = _config_from_args(args)
         ds = load_dataset(args.data, size=args.size, progress=True)
         root = Path(args.data) if Path(args.data).is_dir() else None
@@ -354,20 +362,10 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             ),
         )
-    except (ConfigError, DataError, EvaluatorError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
-        return 2
-    except Diverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(f"done: {result['epoch']} epochs, {result['step']} steps; checkpoints in {out}")
-    return 0
+        print(f"done: {result['epoch']} epochs, {result['step']} steps; checkpoints in {out}")
+
+    # A diverged run is the recipe's failure, not the user's: its own exit code (3).
+    return run_command(body, (ConfigError, DataError, EvaluatorError, Diverged), exit_codes={Diverged: 3})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainers.cli import positive_int, run_command
 from trainers.data.errors import DataError
 
 
@@ -33,16 +34,6 @@ def parse_size(text: str) -> int | tuple[int, int]:
     return size
 
 
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a positive integer")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainers.data",
@@ -59,13 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--out", type=Path, required=True, help="output folder (created)")
     render.add_argument(
-        "--scenes", type=positive, help="training scenes to render; each gives _0, _1, _2 images"
+        "--scenes", type=positive_int, help="training scenes to render; each gives _0, _1, _2 images"
     )
     render.add_argument(
         "--labels", type=Path, help="a JSON list of label lists (e.g. test.json): render one scene per entry"
     )
     render.add_argument(
-        "--draws", type=positive, default=1, help="with --labels: scenes per entry (default 1)"
+        "--draws", type=positive_int, default=1, help="with --labels: scenes per entry (default 1)"
     )
     render.add_argument("--seed", type=int, required=True, help="random seed (determines every file)")
     render.add_argument(
@@ -74,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=(320, 240),
         help="N (square) or WxH; default 320x240 as the original",
     )
-    render.add_argument("--workers", type=positive, default=None, help="processes (default: all cores)")
+    render.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
 
     pk = sub.add_parser(
         "pack",
@@ -84,16 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pk.add_argument("root", type=Path, help="dataset folder (objects.json, train.json, images/)")
     pk.add_argument("--out", type=Path, required=True, help="output .parquet file")
-    pk.add_argument("--size", type=positive, default=64, help="training resolution (default 64)")
+    pk.add_argument("--size", type=positive_int, default=64, help="training resolution (default 64)")
 
     show = sub.add_parser("show", help="write a contact sheet of 64 images with their labels")
     show.add_argument("root", type=Path, help="dataset folder")
     show.add_argument("--out", type=Path, required=True, help="output PNG")
-    show.add_argument("--count", type=positive, default=64, help="images on the sheet (default 64)")
+    show.add_argument("--count", type=positive_int, default=64, help="images on the sheet (default 64)")
 
     check = sub.add_parser("check", help="validate every file of a dataset folder, write nothing")
     check.add_argument("root", type=Path, help="dataset folder")
-    check.add_argument("--size", type=positive, default=64, help="resolution to decode at (default 64)")
+    check.add_argument("--size", type=positive_int, default=64, help="resolution to decode at (default 64)")
     return parser
 
 
@@ -130,15 +121,7 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        print(run(args))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(lambda: print(run(args)), (DataError,))
 
 
 if __name__ == "__main__":

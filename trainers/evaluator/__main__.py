@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainers.cli import positive_int, run_command
 from trainers.evaluator.fit import FitConfig, fit
 from trainers.evaluator.metrics import topk_accuracy
 from trainers.evaluator.model import Evaluator, EvaluatorError, as_model_input
@@ -42,29 +43,31 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--out", type=Path, help="checkpoint path (default: DIR/evaluator.pt); sidecar is PATH.json"
     )
-    f.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help=f"default {DEFAULTS.epochs}")
+    f.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help=f"default {DEFAULTS.epochs}")
     f.add_argument(
-        "--width", type=int, default=DEFAULTS.width, help=f"64 = resnet18; default {DEFAULTS.width}"
+        "--width", type=positive_int, default=DEFAULTS.width, help=f"64 = resnet18; default {DEFAULTS.width}"
     )
     f.add_argument(
-        "--batch-size", type=int, default=DEFAULTS.batch_size, help=f"default {DEFAULTS.batch_size}"
+        "--batch-size", type=positive_int, default=DEFAULTS.batch_size, help=f"default {DEFAULTS.batch_size}"
     )
     f.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"OneCycle peak, default {DEFAULTS.lr}")
     f.add_argument("--seed", type=int, default=DEFAULTS.seed)
     f.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction, help="held out (by scene)")
-    f.add_argument("--max-train", type=int, default=None, help="train on at most this many images")
+    f.add_argument("--max-train", type=positive_int, default=None, help="train on at most this many images")
     f.add_argument(
-        "--size", type=int, default=None, help=f"load resolution (default 64; digits {DIGITS_SIZE})"
+        "--size", type=positive_int, default=None, help=f"load resolution (default 64; digits {DIGITS_SIZE})"
     )
     f.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    f.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all usable cores)")
+    f.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: all usable cores)"
+    )
     s = sub.add_parser("score", help="print the top-k accuracy of an evaluator on a labeled folder")
     s.add_argument("--evaluator", type=Path, required=True, help="checkpoint (official or project)")
     s.add_argument(
         "--data", required=True, help="folder with labels.json/train.json, a .parquet, or 'digits'"
     )
-    s.add_argument("--size", type=int, default=None, help="load resolution (default 64; digits 32)")
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--size", type=positive_int, default=None, help="load resolution (default 64; digits 32)")
+    s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--device", default=None)
     return parser
 
@@ -119,18 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from trainers.data import DataError
 
-    try:
-        print(run_fit(args) if args.command == "fit" else run_score(args))
-    except (EvaluatorError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    command = run_fit if args.command == "fit" else run_score
+    return run_command(lambda: print(command(args)), (EvaluatorError, DataError))
 
 
 if __name__ == "__main__":
