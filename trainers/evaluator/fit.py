@@ -144,6 +144,7 @@ def fit(
             x = ev.prepare(_to_float(x_all[idx]))
             if config.max_shift or config.flip:
                 x = augment(x, max_shift=config.max_shift, flip=config.flip, generator=gen)
+                x = x.contiguous(memory_format=torch.channels_last)  # grid_sample returns NCHW
             y = y_all[idx].to(device)
             # minimize BCE(sigmoid(logits), y): the fc's Sigmoid is folded into the loss for stability
             with autocast:

@@ -131,9 +131,9 @@ class Evaluator:
         device: str | torch.device | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
-        self.net = net.to(self.device).eval()
-        if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        # channels_last on every device: cuDNN's fast path, and ~17% more images per CPU-second in oneDNN
+        # (width 32, 64x64, 1 thread: 238 vs 204 img/s training, 2026-12-01). save() writes contiguous copies.
+        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
         n_classes = net.fc[0].out_features
         self.classes = tuple(classes) if classes is not None else tuple(str(i) for i in range(n_classes))
         if len(self.classes) != n_classes:
@@ -220,9 +220,7 @@ class Evaluator:
             x = F.interpolate(
                 x, size=(RESOLUTION, RESOLUTION), mode="bilinear", align_corners=False, antialias=True
             )
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def scores_and_features(self, images: Tensor, *, batch_size: int = 256) -> tuple[Tensor, Tensor]:
