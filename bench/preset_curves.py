@@ -113,7 +113,8 @@ def plot(results: dict, path: Path) -> None:
     for r in results.values():
         xs = [0.0] + [c["cpu_min"] for c in r["curve"]]
         ys = [r["untrained"]["acc"]] + [c["acc"] for c in r["curve"]]
-        ax.plot(xs, ys, label=f"{r['preset']} ({r['data'].split()[-1]})", linewidth=1.2)
+        sets = ", ".join(f"{k}={v}" for k, v in r.get("config_overrides", {}).items())
+        ax.plot(xs, ys, label=f"{r['preset']} ({r['data'].split()[-1]}; {sets})", linewidth=1.2)
     ax.set_xlabel("training CPU-minutes (1 thread, 32x32)")
     ax.set_ylabel("acc (evaluator protocol)")
     ax.grid(alpha=0.3)
