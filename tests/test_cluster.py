@@ -4,6 +4,7 @@ head this test starts (token auth, 127.0.0.1, its own ports and temp dir) and st
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -35,8 +36,16 @@ def head(tmp_path_factory):
     """A local Ray head with token auth; yields the dashboard (jobs API) address."""
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr = free_ports(9)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    # A token of its own: on a fresh machine there is no ~/.ray/auth_token yet, and `ray start` with token auth
+    # refuses to start without one (only ray.init() writes that file).
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     log = (tmp_path_factory.mktemp("head") / "head.log").open("w")
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
