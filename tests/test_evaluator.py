@@ -287,6 +287,19 @@ def test_fit_on_digits_learns(digits_evaluator):
     assert set(report["per_class_f1"]) == set(ev.classes) and not ev.net.training
 
 
+def test_fit_warm_start_keeps_what_init_learned(digits, digits_evaluator):
+    ev, report = digits_evaluator
+    # a learning rate too small to move the weights: the warm start alone must carry the accuracy
+    still = FitConfig(width=8, epochs=1, batch_size=64, lr=1e-12)
+    kwargs = dict(classes=digits.classes, config=still, device="cpu", progress=False)
+    warm, warm_report = fit(digits.images, digits.labels, init=ev, **kwargs)
+    cold, cold_report = fit(digits.images, digits.labels, **kwargs)
+    assert torch.allclose(warm.net.conv1.weight, ev.net.conv1.weight, atol=1e-6)
+    assert warm_report["heldout_acc"] > 0.8 > 0.3 > cold_report["heldout_acc"]
+    with pytest.raises(ValueError, match="init evaluator is width 8"):
+        fit(digits.images, digits.labels, init=ev, **{**kwargs, "config": FitConfig(width=16, epochs=1)})
+
+
 def test_split_by_scene_keeps_scenes_whole():
     files = [f"CLEVR_train_{s:06d}_{k}.png" for s in range(50) for k in range(3)]
     train, val, how = split_indices(files, len(files), val_fraction=0.2, seed=0)
@@ -455,6 +468,27 @@ def test_cli_fit_and_score_digits(tmp_path, capsys):
     capsys.readouterr()
     assert main(["score", "--evaluator", str(out), "--data", "digits", "--size", "16"]) == 0
     assert capsys.readouterr().out.startswith("accuracy ")
+
+
+def test_cli_fit_init_records_lineage_and_refuses_its_own_data(tmp_path, capsys):
+    base = tmp_path / "base.pt"
+    common = ["--data", "digits", "--epochs", "1", "--max-train", "128", "--threads", "1"]
+    assert main(["fit", *common, "--size", "16", "--width", "8", "--out", str(base)]) == 0
+    base_meta = json.loads(sidecar_path(base).read_text())
+    capsys.readouterr()
+    # the same data: its held-out images were trained on, so the warm start is refused
+    assert main(["fit", *common, "--size", "16", "--init", str(base), "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "very dataset" in err and str(base) in err
+    assert main(["fit", *common, "--size", "8", "--init", str(base), "--width", "16"]) == 2
+    assert "contradicts" in capsys.readouterr().err
+    # other data (here: another resolution, so another fingerprint): width comes from --init
+    warm = tmp_path / "warm.pt"
+    assert main(["fit", *common, "--size", "8", "--init", str(base), "--out", str(warm)]) == 0
+    meta = json.loads(sidecar_path(warm).read_text())
+    assert meta["width"] == 8 and meta["data_fingerprint"] != base_meta["data_fingerprint"]
+    assert meta["init"]["checkpoint_sha256"] == base_meta["checkpoint_sha256"]
+    assert meta["init"]["heldout_acc"] == base_meta["heldout_acc"] and meta["init"]["path"] == str(base)
 
 
 @pytest.mark.parametrize("bad", ["missing", "format"])

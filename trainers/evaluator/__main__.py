@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help=f"default {DEFAULTS.epochs}")
     f.add_argument(
-        "--width", type=positive_int, default=DEFAULTS.width, help=f"64 = resnet18; default {DEFAULTS.width}"
+        "--width",
+        type=positive_int,
+        default=None,
+        help=f"64 = resnet18; default {DEFAULTS.width}, or --init's width",
     )
     f.add_argument(
         "--batch-size", type=positive_int, default=DEFAULTS.batch_size, help=f"default {DEFAULTS.batch_size}"
@@ -56,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--max-train", type=positive_int, default=None, help="train on at most this many images")
     f.add_argument(
         "--size", type=positive_int, default=None, help=f"load resolution (default 64; digits {DIGITS_SIZE})"
+    )
+    f.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="warm-start from this evaluator checkpoint (its width and classes); fit it on fresh scenes "
+        "(another render seed) so the held-out split stays unseen",
     )
     f.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     f.add_argument(
@@ -80,8 +90,12 @@ def _load(data: str, size: int | None):
 
 def run_fit(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    init = Evaluator.load(args.init, device="cpu") if args.init is not None else None
+    if init is not None and args.width not in (None, init.width):
+        raise EvaluatorError(f"--width {args.width} contradicts --init {args.init} (width {init.width})")
+    width = args.width or (init.width if init is not None else DEFAULTS.width)
     config = FitConfig(
-        width=args.width,
+        width=width,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -91,16 +105,48 @@ def run_fit(args: argparse.Namespace) -> str:
     )
     out = args.out or default_out(args.data)
     ds = _load(args.data, args.size)
+    if init is not None:
+        _check_init(args.init, init, ds)
     ev, report = fit(
-        ds.images, ds.labels, files=ds.files, classes=ds.classes, config=config, device=args.device
+        ds.images,
+        ds.labels,
+        files=ds.files,
+        classes=ds.classes,
+        config=config,
+        device=args.device,
+        init=init,
     )
     meta = {"data": str(args.data), "data_fingerprint": ds.fingerprint, "data_size": ds.size, **report}
+    if init is not None:
+        # the whole lineage, so the sidecar says what the weights saw and what they cost in all
+        meta["init"] = {
+            "path": str(args.init),
+            **{k: init.meta.get(k) for k in INIT_KEYS},
+        }
     ev.save(out, meta)
     return (
         f"evaluator written to {out} (+ .json): held-out top-k accuracy {report['heldout_acc']:.4f} on "
         f"{report['n_val']} images, {report['n_train']} train images x {report['epochs']} epochs in "
         f"{report['train_seconds']:.0f} s on {report['device']}"
     )
+
+
+INIT_KEYS = ("checkpoint_sha256", "data", "data_fingerprint", "heldout_acc", "cpu_seconds", "init")
+
+
+def _check_init(path: Path, init: Evaluator, ds) -> None:
+    """A warm start must share the dataset's classes and must not have trained on its held-out scenes."""
+    if init.n_classes != ds.n_classes or (
+        "classes" in init.meta and tuple(init.meta["classes"]) != ds.classes
+    ):
+        raise EvaluatorError(
+            f"--init {path}: its {init.n_classes} classes do not match the data's {ds.n_classes}"
+        )
+    if init.meta.get("data_fingerprint") == ds.fingerprint:
+        raise EvaluatorError(
+            f"--init {path} was fitted on this very dataset: its held-out split would not be unseen "
+            "(render fresh scenes with another --seed)"
+        )
 
 
 def run_score(args: argparse.Namespace) -> str:

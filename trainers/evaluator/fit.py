@@ -94,9 +94,13 @@ def fit(
     config: FitConfig = FitConfig(),
     device: str | torch.device | None = None,
     progress: bool = True,
+    init: Evaluator | None = None,
 ) -> tuple[Evaluator, dict[str, Any]]:
     """Train a ResNet18 evaluator on uint8 (N, H, W, 3) images and (N, C) multi-hot labels.
 
+    `init` warm-starts from an evaluator's weights (same width and classes) instead of a fresh network:
+    the way to add freshly rendered scenes to a judge without paying for its first fit again. Its
+    held-out split must be scenes it never trained on, i.e. a dataset rendered with another seed.
     Returns the evaluator (eval mode) and a report: held-out top-k accuracy, per-class F1, sizes, timings.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -119,6 +123,13 @@ def fit(
     train_idx, val_idx = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
 
     net = ResNet18(n_classes=y_all.shape[1], width=config.width)
+    if init is not None:
+        if (init.width, init.n_classes) != (config.width, net.fc[0].out_features):
+            raise ValueError(
+                f"init evaluator is width {init.width} with {init.n_classes} classes; "
+                f"this fit is width {config.width} with {net.fc[0].out_features}"
+            )
+        net.load_state_dict({k: v.detach().cpu().contiguous() for k, v in init.net.state_dict().items()})
     ev = Evaluator(net, classes=classes, device=device)  # ev.prepare() resizes exactly as scoring will
     net = ev.net
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
