@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from trainers.cli import non_negative_int, positive_int
+from trainers.cli import int_at_least, non_negative_int, positive_int
 
 HOME_ENV = "CGAN_SEARCH_HOME"
 OBJECTIVES = {"acc": "max", "fid": "min"}  # metric -> direction; ASHA always stops on acc
@@ -148,6 +148,11 @@ def _presets(text: str) -> tuple[str, ...]:
 
 
 def _experiment(text: str) -> str:
+    if len(text) > 100:  # said apart: the character rule below would not tell why a long name fails
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r}... is {len(text)} characters long: at most 100 (it names a directory and an "
+            "MLflow experiment)"
+        )
     if not _EXPERIMENT.match(text):
         raise argparse.ArgumentTypeError(
             f"{text!r}: use letters, digits, '_', '-', '.' (it names a directory and an MLflow experiment)"
@@ -211,7 +216,7 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
     )
     a(
         "--reduction-factor",
-        type=positive_int,
+        type=int_at_least(2),  # ASHA asserts rf > 1: at 1 it would keep every trial at every rung
         help="ASHA keeps 1/rf of the trials at each rung (budget cpu/gpu/smoke: "
         f"{cpu.reduction_factor} / {gpu.reduction_factor} / {smoke.reduction_factor})",
     )

@@ -1,0 +1,228 @@
+"""Every bad input at every command line: one clear line on stderr naming the file, key or value, a non-zero
+exit, no traceback, within seconds, and nothing an earlier run wrote is lost.
+
+HOW TO ADD A CASE: append a `Row` to `ROWS` (one row per bad input; keep the table sorted by CLI):
+
+    Row("promote-unreachable",                      # test id: <cli>-<what is wrong>
+        ["-m", "search.promote", "--experiment", "x", "--tracking-uri", "http://127.0.0.1:9"],
+        2,                                          # expected exit code
+        "http://127.0.0.1:9",                       # the one stderr line must contain this fragment
+        within=20)                                  # optional: seconds the refusal may take at most
+
+`argv` is what follows `python`: "-m module ..." or a script path relative to the repository root. Text in
+argv may use {tmp} (this row's own empty folder, the working directory of the command) and {home} (the shared
+`World` below). `setup(tmp)` writes the files the row needs (a bad space, a corrupt checkpoint) into {tmp}.
+
+Every row runs with CGAN_SEARCH_HOME and CGAN_SEARCH_CACHE pointing at one `World`: a home that already
+holds an earlier search's MLflow store (a finished run with a metric, a registered model version with an
+alias) and cache files. After every row the test checks that all of that is still there, unchanged: a refused
+or interrupted command never loses what was already written. A row whose command is *meant* to add to the
+store (an interrupted search records its parent run) still may not change anything that was there before.
+
+`lone=True` (the default): stderr is exactly that one line. Commands that start Ray before they can fail
+(an interrupted search) set `lone=False`: then the one line must be stderr's last line, and the only line
+carrying the fragment. `interrupt_on`: send SIGINT (Ctrl-C) once stdout shows this text. `check(world, tmp,
+out)` adds the row's own assertions (for example the parent run is KILLED).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.test_search_support import ROOT, children_of, kill_pids
+
+
+@dataclass(frozen=True)
+class World:
+    """The shared home every row runs against, and what must survive every row."""
+
+    home: Path
+    cache: Path
+    tracking_uri: str
+    run_id: str  # a finished run of an earlier search
+    model_name: str  # its registered model (version 1, alias champion)
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    argv: list[str]
+    code: int
+    fragment: str
+    within: float = (
+        60.0  # seconds from start to exit; Python, torch and MLflow imports alone take ~5-10 s here
+    )
+    setup: Callable[[Path], None] | None = None
+    lone: bool = True
+    interrupt_on: str | None = None
+    check: Callable[[World, Path, subprocess.CompletedProcess], None] | None = None
+    slow: bool = False  # more than ~20 s (starts Ray, or waits for a trial)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _run(row: Row, world: World, tmp: Path) -> subprocess.CompletedProcess:
+    """The row's command as a user runs it (from its own folder, not the repository), with its timing."""
+    subst = {"tmp": str(tmp), "home": str(world.home), "root": str(ROOT)}
+    argv = [a.format(**subst) for a in row.argv]
+    if argv[0].endswith(".py") and not os.path.isabs(argv[0]):
+        argv[0] = str(ROOT / argv[0])
+    env = {
+        **os.environ,
+        "CGAN_SEARCH_HOME": str(world.home),
+        "CGAN_SEARCH_CACHE": str(world.cache),
+        "RAY_AUTH_MODE": "token",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT),
+        **row.env,
+    }
+    env.pop("RAY_ADDRESS", None)  # never a cluster the developer happens to run
+    cmd = [sys.executable, *argv]
+    out_path, err_path = tmp / "stdout.txt", tmp / "stderr.txt"
+    start = time.monotonic()
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out, stderr=err, start_new_session=True)
+        spawned: set[int] = set()
+        try:
+            deadline = start + row.within + 30  # past `within` the row fails anyway; this only stops a hang
+            interrupted = False
+            while proc.poll() is None and time.monotonic() < deadline:
+                spawned.update(children_of(proc.pid))
+                if row.interrupt_on and not interrupted and row.interrupt_on in out_path.read_text():
+                    proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver (a terminal sends it to all)
+                    interrupted = True
+                time.sleep(0.2)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=60)
+        finally:
+            spawned.update(children_of(proc.pid))
+            kill_pids([p for p in spawned if p != proc.pid])  # a Ray it left behind: only what it spawned
+    elapsed = time.monotonic() - start
+    result = subprocess.CompletedProcess(cmd, proc.returncode, out_path.read_text(), err_path.read_text())
+    result.elapsed = elapsed  # type: ignore[attr-defined]
+    if row.interrupt_on:
+        assert interrupted, f"stdout never showed {row.interrupt_on!r}: {result.stdout[-2000:]}"
+    return result
+
+
+def assert_one_line(row: Row, out: subprocess.CompletedProcess) -> None:
+    """The contract of a refusal: exit code, one line with the fragment, no traceback, in time."""
+    both = out.stdout + out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    shown = f"exit {out.returncode}\n--- stdout\n{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-3000:]}"
+    assert "Traceback" not in both, shown
+    assert out.returncode == row.code, shown
+    assert lines, shown
+    assert row.fragment in lines[-1], shown
+    if row.lone:
+        assert len(lines) == 1, shown
+    else:
+        assert sum(row.fragment in line for line in lines) == 1, shown
+    assert out.elapsed <= row.within, f"took {out.elapsed:.1f} s (> {row.within} s)\n{shown}"  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- the world every row must leave intact
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix not in (".db", ".db-journal", ".lock")  # the store is checked by content
+    }
+
+
+def _store_state(world: World) -> dict:
+    """What the earlier search left in MLflow: its run (status, metrics, params, tags) and its model version."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(world.tracking_uri)
+    run = client.get_run(world.run_id)
+    version = client.get_model_version_by_alias(world.model_name, "champion")
+    return {
+        "run": (run.info.status, run.data.metrics, run.data.params, run.data.tags),
+        "version": (version.version, version.run_id, version.source, version.tags),
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    """A home with an earlier search in it: a real SQLite MLflow store with a finished run and a registered
+    version, the artifacts beside it, and cache files (what a user's ~/.cgan-search holds after one search)."""
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path_factory.mktemp("bad-inputs-home")
+    cache = home / "cache"
+    (cache / "packs").mkdir(parents=True)
+    (cache / "packs" / "earlier.parquet").write_bytes(os.urandom(4096))
+    (home / "evaluators").mkdir()
+    (home / "evaluators" / "earlier.pt").write_bytes(os.urandom(4096))
+    (home / "ray_results" / "earlier").mkdir(parents=True)
+    (home / "ray_results" / "earlier" / "experiment_state.json").write_text("{}")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("earlier", artifact_location=(home / "mlartifacts" / "earlier").as_uri())
+    run = client.create_run(exp, run_name="search-earlier", tags={"search.role": "search"})
+    client.log_metric(run.info.run_id, "acc", 0.5)
+    client.log_param(run.info.run_id, "seed", "0")
+    artifact = home / "earlier.txt"
+    artifact.write_text("an artifact of the earlier search\n")
+    client.log_artifact(run.info.run_id, str(artifact))
+    artifact.unlink()
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    name = "earlier-cgan"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"runs:/{run.info.run_id}/earlier.txt", run.info.run_id)
+    client.set_registered_model_alias(name, "champion", version.version)
+    return World(home=home, cache=cache, tracking_uri=uri, run_id=run.info.run_id, model_name=name)
+
+
+# ---------------------------------------------------------------- rows: search entry scripts (search/*.py)
+
+SEARCH = "search/clevr.py"
+
+
+ROWS: list[Row] = [
+    Row(
+        "search-reduction-factor-1",
+        [SEARCH, "--smoke-test", "--reduction-factor", "1"],
+        2,
+        "--reduction-factor",
+    ),
+    Row(
+        "search-experiment-too-long",
+        [SEARCH, "--smoke-test", "--experiment", "x" * 300],
+        2,
+        "300 characters long: at most 100",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "row", [pytest.param(r, id=r.id, marks=[pytest.mark.slow] if r.slow else []) for r in ROWS]
+)
+def test_bad_input_is_one_line(row: Row, world: World, tmp_path: Path):
+    files, store = _file_hashes(world.home), _store_state(world)
+    if row.setup:
+        row.setup(tmp_path)
+    out = _run(row, world, tmp_path)
+    assert_one_line(row, out)
+    if row.check:
+        row.check(world, tmp_path, out)
+    after = _file_hashes(world.home)
+    assert {k: after.get(k) for k in files} == files, "a file written before this command was lost or changed"
+    assert _store_state(world) == store, "the earlier search's MLflow run or model version changed"
+
+
+def test_rows_are_unique():
+    assert len({r.id for r in ROWS}) == len(ROWS)
