@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ def rng_state(data_generator: torch.Generator) -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Only when this process uses CUDA: asking for the states would initialise it (a CPU run on a GPU
+        # machine would open a CUDA context for nothing).
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "numpy": {
             "keys": torch.from_numpy(np_state[1].astype(np.int64)),
             "pos": int(np_state[2]),
@@ -43,15 +46,35 @@ def rng_state(data_generator: torch.Generator) -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    # CUDA states matter only to a run on CUDA (its latents); a GPU checkpoint resuming on the CPU, or on a
+    # node with fewer GPUs, restores what exists. The sampler below is a CPU generator on every device.
+    if state["cuda"] and torch.cuda.is_initialized():
+        for i, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, i)
     n = state["numpy"]
     np.random.set_state(
         ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    data_generator.set_state(state["data"])
+    _set_sampler_state(data_generator, state["data"])
+
+
+def _set_sampler_state(generator: torch.Generator, saved: torch.Tensor) -> None:
+    """The batch sampler's state: a CPU generator's (Mersenne Twister) on every device since 2026-12-01.
+    Before, a run on CUDA drew its batch indices from a CUDA generator (Philox: seed and offset, 16 bytes),
+    which no CPU generator can continue: such a state reseeds the sampler from its seed and offset, so the
+    run resumes anywhere, with another (still deterministic) batch order, and says so."""
+    if saved.numel() == generator.get_state().numel():
+        generator.set_state(saved)
+        return
+    seed, offset = (int.from_bytes(bytes(saved[i : i + 8].tolist()), "little") for i in (0, 8))
+    warnings.warn(
+        "checkpoint's batch sampler state is a CUDA generator's (written before 2026-12-01): "
+        "the resumed run draws a different batch order",
+        stacklevel=3,
+    )
+    generator.manual_seed((seed * 1_000_003 + offset) % 2**63)
 
 
 def _python_state_to_plain(state: tuple) -> list:

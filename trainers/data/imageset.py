@@ -78,9 +78,13 @@ class DeviceData:
         return self.images.shape[0]
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch drawn uniformly with replacement: x float (B, 3, H, W) in [-1, 1], y float (B, C)."""
+        """A batch drawn uniformly with replacement: x float (B, 3, H, W) in [-1, 1], y float (B, C).
+
+        The indices come from `generator` on the CPU whatever device the data is on, so the batch order (and
+        a checkpoint's sampler state) is the same on every device: a run checkpointed on a GPU resumes on the
+        CPU, or the reverse. The copy is non-blocking (the driver stages the few bytes): no host sync."""
         import torch
 
-        idx = torch.randint(len(self), (batch_size,), generator=generator, device=generator.device)
-        idx = idx.to(self.device)
+        idx = torch.randint(len(self), (batch_size,), generator=generator)
+        idx = idx.to(self.device, non_blocking=True)
         return self.images[idx].float().div_(127.5).sub_(1.0), self.labels[idx]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -157,12 +161,11 @@ class Evaluator:
         if not path.is_file():
             raise EvaluatorError(f"{path}: no such checkpoint file")
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # the one line below says it all; no warning around it
+                warnings.simplefilter("ignore")
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle, zip and weights_only errors all mean "not a checkpoint we can read"
-            first = (str(e).strip().splitlines() or [""])[0][:160]
-            raise EvaluatorError(
-                f"{path}: not a loadable torch checkpoint ({type(e).__name__}: {first})"
-            ) from None
+            raise _unreadable(path, e) from None
         if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
             raise EvaluatorError(f'{path}: expected the official format {{"model": state_dict}}')
         state = ckpt["model"]
@@ -224,11 +227,15 @@ class Evaluator:
 
     @torch.inference_mode()
     def scores_and_features(self, images: Tensor, *, batch_size: int = 256) -> tuple[Tensor, Tensor]:
-        """One forward pass in chunks -> (probabilities (B, C), features (B, 8 * width)), float32 on CPU."""
+        """One forward pass in chunks -> (probabilities (B, C), features (B, 8 * width)), float32 on CPU.
+
+        Always the official fp32 computation, on every device and whatever autocast the caller is under:
+        in bf16, sigmoid outputs of logits above ~6.3 all round to 1.0, the top-k ties then fall back to
+        class order, and the accuracy that drives ASHA, the leaderboard and the floor would differ between
+        the CPU and a GPU. bf16 is for training only."""
         probs, feats = [], []
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         for chunk in images.split(batch_size):
-            with autocast:
+            with _fp32(self.device):
                 f = self.net.features(self.prepare(chunk))
                 p = self.net.fc(f)
             probs.append(p.float().cpu())
@@ -244,6 +251,48 @@ class Evaluator:
     def accuracy(self, images: Tensor, labels: Tensor | np.ndarray, *, batch_size: int = 256) -> float:
         """The official top-k accuracy of these images against their multi-hot labels (one batch)."""
         return topk_accuracy(self.scores(images, batch_size=batch_size), labels)
+
+
+@contextlib.contextmanager
+def _fp32(device: torch.device):
+    """Autocast off for every device type (an enclosing CPU or CUDA autocast included), and on CUDA no TF32
+    in convolutions (cuDNN's default) or matmuls: plain IEEE fp32, the computation the CPU does."""
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+TORCH_ZIP, PICKLE = b"PK\x03\x04", b"\x80"  # torch.save's zip archive; the legacy format's pickle header
+
+
+def _unreadable(path: Path, err: Exception) -> EvaluatorError:
+    """One line for a file torch.load(weights_only=True) refused, instead of torch's many-line message."""
+    if isinstance(err, pickle.UnpicklingError) and "Weights only" in str(err):
+        found = UNSAFE_GLOBAL.search(str(err))
+        what = f" (it needs {found.group(1)})" if found else ""
+        return EvaluatorError(
+            f"{path}: holds pickled Python objects{what}, not only tensors, so the safe weights-only loader "
+            "refuses it; where you trust it, save the weights alone: "
+            'torch.save({"model": model.state_dict()}, PATH)'
+        )
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return EvaluatorError(f"{path}: empty file, not a torch checkpoint")
+    if head.startswith(TORCH_ZIP) or head.startswith(PICKLE):
+        return EvaluatorError(f"{path}: a torch checkpoint that cannot be read: corrupt or truncated")
+    return EvaluatorError(
+        f"{path}: not a torch checkpoint (torch.save writes a zip archive; this file starts with {head!r}); "
+        'the official format is torch.save({"model": state_dict})'
+    )
 
 
 def _check_state(path: Path, expected: Mapping[str, Tensor], got: Mapping[str, Any]) -> None:
