@@ -80,6 +80,17 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def trial_device(use_gpu: bool) -> torch.device:
+    """cuda for a trial given a GPU; otherwise cpu, with the machine's GPUs hidden first. Ray 2.60 leaves
+    CUDA_VISIBLE_DEVICES alone for a zero-GPU trial (ray issue 54868), so a CPU trial on a GPU node would
+    open a CUDA context (hundreds of MB on a GPU other trials are packed onto) as soon as anything asked torch
+    about CUDA. Hiding works only before torch initialises CUDA in this process: call it first."""
+    if not use_gpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
     """Tune function trainable. `config` is a full TrainConfig dict; `data` an ImageSet."""
     from ray import tune
@@ -90,7 +101,7 @@ def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
     torch.set_num_threads(max(1, int(setup.cpus)))
     # `data` lives in Ray's read-only object store; the trainer only reads it (no copy per trial).
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    device = torch.device("cuda" if setup.use_gpu and torch.cuda.is_available() else "cpu")
+    device = trial_device(setup.use_gpu)  # before anything in this process asks torch about CUDA
     context = tune.get_context()
     scratch = scratch_dir(context.get_experiment_name(), context.get_trial_id())
     shutil.rmtree(scratch, ignore_errors=True)  # a retried trial starts from its Tune checkpoint

@@ -199,7 +199,8 @@ def train(
         "fingerprint": str(getattr(data, "fingerprint", "")),
     }
     gan = build_gan(config, image_size=image_size, n_classes=n_classes, device=device)
-    sampler = torch.Generator(device=data.images.device).manual_seed(seed)
+    # On the CPU whatever the data's device: its state resumes on any device (DeviceData.sample).
+    sampler = torch.Generator().manual_seed(seed)
     start, best_acc, metrics, clock = 0, -math.inf, {}, {"train_seconds": 0.0, "train_cpu_seconds": 0.0}
     if resume is not None:
         state = load_checkpoint(resume)
