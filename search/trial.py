@@ -145,9 +145,10 @@ def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
             progress=False,
         )
     except Diverged as err:
-        # A finished recipe that failed to converge (not a crash): acc 0, the search goes on.
-        names = [f"acc_{n}" for n in setup.conditions]
-        failed = {n: 0.0 for n in (*names, "acc")}
-        tune.report(
-            {**failed, "fid": float("inf"), "epoch": last["epoch"] + 1, "step": err.step, "diverged": 1}
-        )
+        # A finished recipe that failed to converge (not a crash): acc 0, the search goes on. It reports
+        # every key an evaluation does (Ray checks each result for the searcher's metrics): the worst
+        # accuracy, FID and diversity, and no spread.
+        from trainers.evaluator.protocol import metric_keys
+
+        failed = {key: 0.0 for key in metric_keys(setup.conditions)} | {"fid": float("inf")}
+        tune.report({**failed, "epoch": last["epoch"] + 1, "step": err.step, "diverged": 1})

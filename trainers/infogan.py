@@ -95,14 +95,23 @@ def info_loss(q: Tensor, codes: Codes, *, disc_weight: float, cont_weight: float
     return loss
 
 
-def matched_accuracy(codes: np.ndarray, predicted: np.ndarray, *, n_codes: int, n_classes: int) -> float:
-    """Accuracy after matching code values to classes one-to-one so as to maximise agreement (Hungarian)."""
+def match_codes(codes: np.ndarray, predicted: np.ndarray, *, n_codes: int, n_classes: int) -> np.ndarray:
+    """(n_codes,) class of each code value, matched one-to-one so as to maximise agreement (Hungarian);
+    -1 for a code value left without a class (more codes than classes)."""
     from scipy.optimize import linear_sum_assignment  # lazy: only the InfoGAN protocol needs scipy
 
     counts = np.zeros((n_codes, n_classes), dtype=np.int64)
     np.add.at(counts, (codes, predicted), 1)
     rows, cols = linear_sum_assignment(counts, maximize=True)
-    return float(counts[rows, cols].sum() / max(len(codes), 1))
+    mapping = np.full(n_codes, -1, dtype=np.int64)
+    mapping[rows] = cols
+    return mapping
+
+
+def matched_accuracy(codes: np.ndarray, predicted: np.ndarray, *, n_codes: int, n_classes: int) -> float:
+    """Accuracy after matching code values to classes one-to-one so as to maximise agreement (Hungarian)."""
+    mapping = match_codes(codes, predicted, n_codes=n_codes, n_classes=n_classes)
+    return float((mapping[codes] == predicted).sum() / max(len(codes), 1))
 
 
 def code_accuracy(

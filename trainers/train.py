@@ -33,14 +33,13 @@ from torch import Tensor
 from trainers.checkpoint import load_checkpoint, make_checkpoint, restore, save_checkpoint
 from trainers.cli import positive_int, run_command
 from trainers.config import ConfigError, TrainConfig, load_preset, preset_names
-from trainers.infogan import code_accuracy
 from trainers.step import GAN, Diverged, build_gan, train_step
 
 __all__ = ["Diverged", "EvalReport", "evaluate", "steps_per_epoch", "train"]
 
 LOG_EVERY = 50  # steps between loss reads: each read is one device sync, negligible at this interval
 N_REAL_FID = 1000  # real images FID is computed against: fixed, so FIDs compare across trials
-INFOGAN_PER_CODE = 100  # generated images per discrete code value for the matched accuracy
+INFOGAN_PER_CODE = 100  # generated images per discrete code value for the matched accuracy and diversity
 
 
 @dataclass(frozen=True)
@@ -117,19 +116,20 @@ class _Judge:
     def metrics(self) -> dict[str, float]:
         if self.evaluator is None:
             return {}
+        # lazy: training without a judge skips the evaluator package
+        from trainers.evaluator.protocol import evaluate_codes, evaluate_generator
+
         with self._eval_mode():
-            if self.by_codes:
-                acc = code_accuracy(
+            if self.by_codes:  # the same keys as below (acc, acc_<set>, acc_std, fid, diversity)
+                return evaluate_codes(
                     self.generate_codes,
-                    self.evaluator.scores,
+                    self.evaluator,
+                    self.conditions,
                     n_codes=self.gan.latent.disc,
-                    n_classes=self.evaluator.n_classes,
+                    real=self.real,
                     per_code=INFOGAN_PER_CODE,
                     seed=self.seed,
                 )
-                return {"acc": acc}
-            from trainers.evaluator import evaluate_generator  # lazy: training without a judge skips it
-
             return evaluate_generator(
                 self.generate, self.evaluator, self.conditions, real=self.real, seed=self.seed
             )

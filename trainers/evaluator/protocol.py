@@ -1,11 +1,16 @@
-"""The evaluation protocol every trainer uses: n seeded draws per condition -> acc, acc_std, fid, diversity."""
+"""The evaluation protocol every trainer uses: n seeded draws per condition -> acc, acc_std, fid, diversity.
+
+Label-conditioned generators go through `evaluate_generator`, InfoGAN (codes instead of labels) through
+`evaluate_codes`; both return exactly `metric_keys(conditions)`, so every trial of a search reports the same
+numbers (a multi-objective search on acc and fid needs both from every trial).
+"""
 
 from __future__ import annotations
 
 import math
 import weakref
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -15,6 +20,11 @@ from trainers.evaluator.metrics import FeatureStats, feature_stats, frechet_dist
 from trainers.evaluator.model import Evaluator, as_model_input
 
 GenerateFn = Callable[[Tensor, torch.Generator], Tensor]  # (labels (B, C), cpu generator) -> (B, 3, H, W)
+
+
+def metric_keys(conditions: Iterable[str]) -> tuple[str, ...]:
+    """The keys both protocols return for these condition set names (a mapping's keys, or the names)."""
+    return (*(f"acc_{name}" for name in conditions), "acc", "acc_std", "fid", "diversity")
 
 
 def draw_seed(seed: int, draw: int, name: str) -> int:
@@ -130,4 +140,67 @@ def evaluate_generator(
         )
     else:
         result["diversity"] = math.nan
+    return result
+
+
+def evaluate_codes(
+    generate: GenerateFn,
+    evaluator: Evaluator,
+    conditions: Mapping[str, Tensor | np.ndarray],
+    *,
+    n_codes: int,
+    real: Tensor | np.ndarray | None = None,
+    per_code: int = 100,
+    n_draws: int = 8,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """InfoGAN's protocol (Chen et al. 2016 on MNIST), with `evaluate_generator`'s keys.
+
+    ``generate(disc (B,) long, cpu generator) -> (B, 3, H, W)`` in [-1, 1]: ``per_code`` images for each
+    discrete code value, from a generator seeded ``seed * 1000 + value``. The codes are not labels, so code
+    values are matched one-to-one to the judge's top classes (Hungarian) and ``acc`` is the matched accuracy;
+    every ``acc_<name>`` of `conditions` carries the same figure (there is one accuracy, not one per set).
+    ``acc_std``: population std of that accuracy over ``n_draws`` equal slices of each value's images.
+    ``fid``: the first images of each value, as many in all as `evaluate_generator` draws for `conditions`
+    (``n_draws`` x rows; x code values without sets): FID is biased by sample size, so an InfoGAN FID
+    compares with a conditional one.
+    ``diversity``: mean pairwise feature distance between images of one code value, averaged over values.
+    """
+    from trainers.infogan import match_codes  # lazy: the judge's package does not need the trainer's
+
+    if not 1 <= n_draws <= per_code:
+        raise ValueError(f"need 1 <= n_draws <= per_code, got n_draws {n_draws}, per_code {per_code}")
+    names = list(conditions)
+    predicted, feats = [], []  # per code value: (per_code,), (per_code, F)
+    with torch.inference_mode():
+        for value in range(n_codes):
+            gen = torch.Generator().manual_seed(seed * 1000 + value)
+            images = generate(torch.full((per_code,), value, dtype=torch.long), gen)
+            if not torch.is_tensor(images) or images.dim() != 4 or images.shape[:2] != (per_code, 3):
+                got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+                raise ValueError(
+                    f"generate returned {got} for {per_code} codes; expected ({per_code}, 3, H, W)"
+                )
+            p, f = evaluator.scores_and_features(images, batch_size=batch_size)
+            predicted.append(p.argmax(1).numpy())
+            feats.append(f)
+        real_stats = real_feature_stats(evaluator, real, batch_size=batch_size) if real is not None else None
+
+    pred = np.stack(predicted)  # (n_codes, per_code)
+    codes = np.repeat(np.arange(n_codes), per_code).reshape(n_codes, per_code)
+    mapping = match_codes(codes.ravel(), pred.ravel(), n_codes=n_codes, n_classes=evaluator.n_classes)
+    correct = mapping[codes] == pred  # (n_codes, per_code)
+    acc = float(correct.mean())
+    per_draw = [float(part.mean()) for part in np.array_split(correct, n_draws, axis=1)]
+    result = {f"acc_{name}": acc for name in names}
+    result["acc"] = acc
+    result["acc_std"] = float(np.std(per_draw))
+    n_fid = n_draws * (sum(len(c) for c in conditions.values()) or n_codes)  # no sets: one row per value
+    first = min(per_code, max(2, math.ceil(n_fid / n_codes)))
+    fid_feats = torch.cat([f[:first] for f in feats])
+    result["fid"] = (
+        frechet_distance(feature_stats(fid_feats), real_stats) if real_stats is not None else math.nan
+    )
+    result["diversity"] = float(torch.cat([_pairwise_mean(f[:, None, :]) for f in feats]).mean())
     return result
