@@ -163,3 +163,33 @@ def test_no_host_sync_inside_the_step():
     )
     for forbidden in (".item()", ".tolist()", ".cpu()", "float("):
         assert forbidden not in source
+
+
+def d_inputs(
+    cfg: TrainConfig, data, *, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(real batch sampled, labels, the images D's first call saw, the labels it saw) for one step."""
+    gan = build_gan(cfg, image_size=16, n_classes=N_CLASSES, device="cpu")
+    seen = []
+    d = gan.d
+    gan.d = lambda x, y: seen.append((x.detach().clone(), y.clone())) or d(x, y)
+    torch.manual_seed(seed)
+    train_step(gan, data, torch.Generator().manual_seed(0))
+    real, y = data.sample(cfg.batch_size, generator=torch.Generator().manual_seed(0))
+    return real, y, *seen[0]
+
+
+def test_flip_mirrors_some_real_images_for_d_keeps_labels_and_follows_the_seed(data):
+    cfg = tiny_config(batch_size=16, flip=True)
+    real, y, seen, seen_y = d_inputs(cfg, data, seed=1)
+    assert torch.equal(seen_y, y)  # the labels of a mirrored image are its own: i-CLEVR has no left/right
+    mirrored = [torch.equal(s, r.flip(-1)) and not torch.equal(s, r) for s, r in zip(seen, real, strict=True)]
+    assert all(m or torch.equal(s, r) for m, s, r in zip(mirrored, seen, real, strict=True))
+    assert 0 < sum(mirrored) < len(real)  # P(all or none of 16) = 2**-15
+    assert torch.equal(d_inputs(cfg, data, seed=1)[2], seen)  # same seed, same flips
+    assert not torch.equal(d_inputs(cfg, data, seed=2)[2], seen)
+
+
+def test_without_flip_d_sees_the_real_batch_untouched(data):
+    real, y, seen, seen_y = d_inputs(tiny_config(batch_size=16), data, seed=1)
+    assert torch.equal(seen, real) and torch.equal(seen_y, y)

@@ -71,6 +71,14 @@ AUGMENTS: dict[str, tuple[Callable[[Tensor], Tensor], ...]] = {
 }
 
 
+def random_hflip(x: Tensor) -> Tensor:
+    """Mirror each image of a (B, C, H, W) batch left-right with probability 1/2 (torch's global RNG on x's
+    device, so a seed fixes it and a checkpoint's RNG state resumes it; no host sync). Only for data whose
+    labels have no left or right (i-CLEVR's colour+shape names): a mirrored digit is another glyph."""
+    mirror = torch.rand(x.size(0), 1, 1, 1, device=x.device) < 0.5
+    return torch.where(mirror, x.flip(-1), x)
+
+
 def parse_policy(policy: str) -> tuple[str, ...]:
     """'color,translation' -> ('color', 'translation'); '' is no augmentation. Unknown names raise."""
     names = tuple(p.strip() for p in policy.split(",") if p.strip())

@@ -63,6 +63,7 @@ class TrainConfig:
     gp_lambda: float = 10.0  # wgan_gp: penalty weight (Gulrajani et al. 2017)
     aux_weight: float = 1.0  # acgan: weight of the auxiliary BCE; ACGAN weighs it like the GAN loss
     diffaug: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; off by default
+    flip: bool = False  # off: a mirrored digit is another glyph; the i-CLEVR WGAN-GP report mirrored reals
 
     # --- InfoGAN codes (arch infogan only; Chen et al. 2016's MNIST setting) ---
     disc_codes: int = 10  # categories of the one discrete code

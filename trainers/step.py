@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from trainers.augment import diff_augment, parse_policy
+from trainers.augment import diff_augment, parse_policy, random_hflip
 from trainers.infogan import Latent, info_loss
 from trainers.losses import LOSSES, Loss, aux_loss, clip_weights, gradient_penalty
 from trainers.models import Discriminator, Generator, build_models
@@ -195,10 +195,13 @@ def ema_update(gan: GAN) -> None:
 
 def train_step(gan: GAN, data: Any, generator: torch.Generator) -> None:
     """n_critic D updates on fresh real batches, one G update on the last batch's labels, then EMA.
-    `data.sample(batch_size, generator=)` returns x (B, 3, H, W) in [-1, 1] and labels (B, C)."""
+    `data.sample(batch_size, generator=)` returns x (B, 3, H, W) in [-1, 1] and labels (B, C). With
+    `flip`, D's real images are mirrored at random (labels unchanged) before anything else sees them."""
     cfg = gan.config
     for _ in range(cfg.n_critic):
         real, y = data.sample(cfg.batch_size, generator=generator)
+        if cfg.flip:
+            real = random_hflip(real)  # (B, 3, H, W); fakes are not flipped: G learns both mirror images
         if gan.device.type == "cuda":
             real = real.contiguous(memory_format=torch.channels_last)
         loss_d = d_update(gan, real, y)
