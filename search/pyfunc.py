@@ -4,8 +4,9 @@
     images = model.predict(pd.DataFrame({"labels": [["red cube"], ["blue sphere", "gray cylinder"]]}),
                            params={"seed": 0})      # uint8 (B, H, W, 3)
 
-The model holds plain data only: the trial's TrainConfig dict, the data info (image size, class names) and
-the generator's state_dict (EMA weights when the trial kept an EMA). `load_context` rebuilds the network
+The model holds plain data only: the trial's generator file (trainers.checkpoint.generator_state: the
+TrainConfig dict, the data info (image size, class names) and the generator's state_dict, EMA weights when
+the trial kept an EMA). `load_context` rebuilds the network
 from the config with the trainers' own factory, so nothing is a pickled closure and the weights load with
 `torch.load(weights_only=True)`. Loading needs this package installed (`pip install -e .`).
 """
@@ -24,32 +25,18 @@ GENERATOR_FILE = "generator.pt"
 
 
 def write_generator(checkpoint: Path, out: Path) -> dict[str, Any]:
-    """Slim a trainer checkpoint (G, D, optimizers, RNG...) to what sampling needs; returns the contents."""
-    import torch
+    """The generator file (trainers.checkpoint.generator_state) of a trainer checkpoint or of a trial's
+    generator file, written to `out`; returns the contents."""
+    from trainers.checkpoint import save_generator
 
-    from trainers.checkpoint import load_checkpoint
-
-    state = load_checkpoint(checkpoint)
-    slim = {
-        "config": state["config"],
-        "data": state["data"],
-        "ema": state["G_ema"] is not None,
-        "state_dict": state["G_ema"] if state["G_ema"] is not None else state["G"],
-    }
-    torch.save(slim, out)
-    return slim
+    return save_generator(checkpoint, out)
 
 
 def build(slim: dict[str, Any], device: str = "cpu"):
     """(generator in eval mode, TrainConfig, data info) from the slim dict."""
-    from trainers.config import TrainConfig
-    from trainers.models import build_generator
+    from trainers.checkpoint import build_from_generator
 
-    config = TrainConfig.from_dict(slim["config"])
-    info = slim["data"]
-    g = build_generator(config, image_size=int(info["image_size"]), n_classes=int(info["n_classes"]))
-    g.load_state_dict(slim["state_dict"])
-    return g.to(device).eval(), config, info
+    return build_from_generator(slim, device=device)
 
 
 def multi_hot(label_sets: Sequence[Sequence[str]], classes: Sequence[str]) -> np.ndarray:

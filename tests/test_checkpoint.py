@@ -18,7 +18,7 @@ from .tiny import N_CLASSES, TINY, random_set
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Recipes that between them draw from every random source the step uses: z, codes, batch indices,
-# DiffAugment, dropout, the gradient penalty's interpolation, EMA and both optimizers' state.
+# DiffAugment, flips, dropout, the gradient penalty's interpolation, EMA and both optimizers' state.
 RECIPES = {
     "wgan_gp": {
         "arch": "dcgan",
@@ -30,6 +30,7 @@ RECIPES = {
         "ema": 0.9,
         "diffaug": "color,translation,cutout",
         "g_dropout": 0.2,
+        "flip": True,
     },
     "infogan": {"arch": "infogan", "loss": "nonsat", "g_cond": "none", "d_cond": "none", "d_norm": "batch"},
     "sagan_rmsprop": {
@@ -134,3 +135,39 @@ def test_load_generator_prefers_the_ema_weights(tmp_path):
     assert config == cfg and info["image_size"] == 16 and not g.training
     for name, value in g.state_dict().items():
         assert torch.equal(value, state["G_ema"][name])
+
+
+def test_generator_file_holds_the_sampling_weights_only(tmp_path):
+    cfg = TrainConfig.from_dict({**RECIPES["wgan_gp"], **TINY})
+    run(cfg, tmp_path, epochs=1)
+    slim = ckpt.save_generator(tmp_path / "last.pt", tmp_path / "generator.pt")
+    state = ckpt.load_checkpoint(tmp_path / "last.pt")
+    on_disk = torch.load(tmp_path / "generator.pt", weights_only=True)
+    assert set(on_disk) == {"config", "data", "ema", "state_dict"} and on_disk["ema"] is True
+    for name, value in on_disk["state_dict"].items():
+        assert torch.equal(value, state["G_ema"][name])  # EMA weights, not G's
+    assert (tmp_path / "generator.pt").stat().st_size < (tmp_path / "last.pt").stat().st_size / 3
+    # A generator file slims to itself and samples like the checkpoint it came from.
+    assert ckpt.save_generator(tmp_path / "generator.pt", tmp_path / "again.pt")["ema"] == slim["ema"]
+    z = torch.randn(2, cfg.z_dim)
+    y = torch.eye(N_CLASSES)[:2]
+    with torch.no_grad():
+        a = ckpt.load_generator(tmp_path / "last.pt")[0](z, y)
+        b = ckpt.load_generator(tmp_path / "again.pt")[0](z, y)
+    assert torch.equal(a, b)
+    torch.save({"model": {}}, tmp_path / "judge.pt")
+    with pytest.raises(ValueError, match="neither a trainer checkpoint"):
+        ckpt.read_generator(tmp_path / "judge.pt")
+
+
+def test_a_checkpoint_saved_before_a_key_existed_resumes_with_its_default(tmp_path):
+    """Checkpoints written before `flip` existed have no such key: they load, resume and sample with flip
+    off, the behaviour they were trained with."""
+    cfg = TrainConfig.from_dict({**RECIPES["infogan"], **TINY})
+    run(cfg, tmp_path, epochs=1)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    del state["config"]["flip"]
+    ckpt.save_checkpoint(state, tmp_path / "old.pt")
+    assert ckpt.load_checkpoint(tmp_path / "old.pt")["config"]["flip"] is False
+    run(cfg, tmp_path / "resumed", epochs=2, resume=tmp_path / "old.pt")
+    assert ckpt.load_generator(tmp_path / "old.pt")[1].flip is False

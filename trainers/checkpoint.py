@@ -5,6 +5,10 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts, loadable w
 (torch, CUDA, numpy, Python, the batch sampler's generator), the config, and what was built from the data
 (image size, classes, fingerprint). It is written to a temporary file in the same directory and renamed
 into place, so a crash while saving leaves the previous checkpoint intact.
+
+A generator file is the sampling part of a checkpoint only (`generator_state`): the config, the data info and
+one state_dict, the EMA weights when the run kept an EMA, else G's. No D, no optimizer state: what a search
+keeps per trial once the trial has ended, what MLflow receives, and what the pyfunc model loads.
 """
 
 from __future__ import annotations
@@ -134,11 +138,20 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """A trainer checkpoint. Its config gets the defaults of keys added since it was saved (each new key's
+    default is the old behaviour, e.g. flip off), so older checkpoints resume and load. `mmap` reads tensors
+    only when touched: slimming a 400 MiB checkpoint to its generator reads the generator's bytes alone."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=mmap)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a trainer checkpoint (format {FORMAT})")
+    if "config" in state:
+        state["config"] = _with_defaults(state["config"])
     return state
+
+
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    return {**TrainConfig.from_dict(config).to_dict(), **config}
 
 
 def restore(gan: GAN, state: dict[str, Any], *, data_generator: torch.Generator) -> int:
@@ -154,15 +167,53 @@ def restore(gan: GAN, state: dict[str, Any], *, data_generator: torch.Generator)
     return int(state["epoch"])
 
 
+def generator_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The generator file of a trainer checkpoint: what sampling needs, nothing to resume training with.
+    The one place that picks the EMA weights over G's (evaluation uses the same, `GAN.generator_for_eval`)."""
+    ema = state["G_ema"] is not None
+    return {
+        "config": state["config"],
+        "data": state["data"],
+        "ema": ema,
+        "state_dict": state["G_ema"] if ema else state["G"],
+    }
+
+
+def is_generator_file(state: Any) -> bool:
+    return isinstance(state, dict) and set(state) == {"config", "data", "ema", "state_dict"}
+
+
+def read_generator(path: str | os.PathLike) -> dict[str, Any]:
+    """The generator file at `path`, or the generator part of the trainer checkpoint at `path`."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    if is_generator_file(state):
+        return {**state, "config": _with_defaults(state["config"])}
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        return generator_state({**state, "config": _with_defaults(state["config"])})
+    raise ValueError(f"{path}: neither a trainer checkpoint (format {FORMAT}) nor a generator file")
+
+
+def save_generator(source: str | os.PathLike, path: str | os.PathLike) -> dict[str, Any]:
+    """Write the generator file of `source` (a checkpoint or a generator file) to `path`, atomically (a
+    reader of the old file, or a hard link to it, keeps the old bytes); returns its contents."""
+    slim = read_generator(source)
+    save_checkpoint(slim, path)
+    return slim
+
+
+def build_from_generator(slim: dict[str, Any], *, device: str | torch.device = "cpu"):
+    """(generator in eval mode, TrainConfig, data info) from a generator file's contents."""
+    config = TrainConfig.from_dict(slim["config"])
+    info = slim["data"]
+    g = build_generator(config, image_size=int(info["image_size"]), n_classes=int(info["n_classes"]))
+    g.load_state_dict(slim["state_dict"])
+    return g.to(device).eval(), config, info
+
+
 def load_generator(
     path: str | os.PathLike, *, device: str | torch.device = "cpu"
 ) -> tuple[Generator, TrainConfig, dict]:
     """The generator to use for sampling (EMA weights when the run kept an EMA), in eval mode, with its
-    config and data info (image_size, n_classes, classes, fingerprint). Draw z with
-    `trainers.infogan.Latent.from_config(config).sample(...)`."""
-    state = load_checkpoint(path)
-    config = TrainConfig.from_dict(state["config"])
-    info = state["data"]
-    g = build_generator(config, image_size=info["image_size"], n_classes=info["n_classes"])
-    g.load_state_dict(state["G_ema"] if state["G_ema"] is not None else state["G"])
-    return g.to(device).eval(), config, info
+    config and data info (image_size, n_classes, classes, fingerprint), from a trainer checkpoint or a
+    generator file. Draw z with `trainers.infogan.Latent.from_config(config).sample(...)`."""
+    return build_from_generator(read_generator(path), device=device)
