@@ -81,28 +81,40 @@ def ensure_evaluator(
     spec: str,
     log: Callable[[str], None],
 ) -> tuple[Path, dict[str, Any]]:
-    """The given evaluator, or one fitted on `data` once and cached; then the evaluator issue's guard."""
-    from trainers.evaluator import FitConfig, check_evaluator, fit
+    """The given evaluator, or one fitted on `data` once and cached; then the guard of the floor.
 
-    path = explicit
-    if path is None:
-        config = FitConfig(**fit_overrides)
-        recipe = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[
-            :8
-        ]
-        path = home / "evaluators" / f"{data.name or 'data'}-{data.fingerprint}-fit{recipe}.pt"
-        if not path.is_file():
-            log(
-                f"fitting an evaluator (ResNet18 width {config.width}, {config.epochs} epochs) on {len(data)} "
-                f"images into {path} (once)"
-            )
-            ev, report = fit(
-                data.images, data.labels, files=data.files, classes=data.classes, config=config, progress=True
-            )
-            meta = {"data": spec, "data_fingerprint": data.fingerprint, "data_size": data.size, **report}
-            ev.save(path, meta)
+    A judge fitted here, or given with a sidecar recording its held-out accuracy on this very data, is held to
+    that figure. Any other given judge (the official file has no sidecar) is measured on the user's own
+    labelled images at its resolution, once per checkpoint and data (cached under the home), and held to that.
+    The returned meta says which: ``judge_acc`` and ``judge_acc_source`` ("held-out" or "calibrated").
+    """
+    from trainers.evaluator import FitConfig, calibration_dir, check_evaluator, fit, measured_judge
+
+    if explicit is not None:
+        meta = measured_judge(
+            explicit,
+            data,
+            data_spec=spec,
+            floor=floor,
+            cache_dir=calibration_dir(home),
+            log=log,
+        )
+        return explicit, meta
+    config = FitConfig(**fit_overrides)
+    recipe = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:8]
+    path = home / "evaluators" / f"{data.name or 'data'}-{data.fingerprint}-fit{recipe}.pt"
+    if not path.is_file():
+        log(
+            f"fitting an evaluator (ResNet18 width {config.width}, {config.epochs} epochs) on {len(data)} "
+            f"images into {path} (once)"
+        )
+        ev, report = fit(
+            data.images, data.labels, files=data.files, classes=data.classes, config=config, progress=True
+        )
+        meta = {"data": spec, "data_fingerprint": data.fingerprint, "data_size": data.size, **report}
+        ev.save(path, meta)
     meta = check_evaluator(path, data_fingerprint=data.fingerprint, floor=floor)
-    return path, meta
+    return path, {**meta, "judge_acc": float(meta["heldout_acc"]), "judge_acc_source": "held-out"}
 
 
 def _load_images(folder: Path) -> tuple[np.ndarray, list[list[str]]]:
@@ -126,8 +138,8 @@ def oracle_ceiling(
     """What a perfect generator would score: the judge on oracle renders of each condition set (i-CLEVR),
     else its recorded held-out accuracy. Cached beside the evaluator."""
     if not iclevr:
-        acc = float(evaluator_meta.get("heldout_acc", float("nan")))
-        return {"acc": acc}, "evaluator held-out accuracy"
+        acc = float(evaluator_meta.get("judge_acc", float("nan")))
+        return {"acc": acc}, f"evaluator {evaluator_meta.get('judge_acc_source', 'held-out')} accuracy"
     cache = evaluator_path.with_name(f"{evaluator_path.stem}.ceiling-{data.size}px.json")
     if cache.is_file():
         return json.loads(cache.read_text()), "oracle renders"

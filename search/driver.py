@@ -154,6 +154,10 @@ def open_parent_run(
         "search.evaluator_fingerprint": prepared.evaluator_fingerprint,
         "search.evaluator_data_fingerprint": str(meta.get("data_fingerprint")),
         "search.evaluator_heldout_acc": str(meta.get("heldout_acc")),
+        # the figure the floor was applied to, and whether it is a held-out score or one measured on the
+        # training images (a judge given without a record for this data), which flatters a judge fitted on them
+        "search.evaluator_acc": str(meta.get("judge_acc")),
+        "search.evaluator_acc_source": str(meta.get("judge_acc_source")),
         "search.objectives": ",".join(opts.objectives),
         "search.budget": opts.budget_name,
         **tracking.code_version(),
@@ -279,16 +283,16 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
             _say(note)
         prepared = prepare(opts, log=_say)
         data = prepared.data
-        heldout = float(prepared.evaluator_meta.get("heldout_acc", float("nan")))
-        if heldout < STRICT_FLOOR:
+        judge_acc = float(prepared.evaluator_meta.get("judge_acc", float("nan")))
+        source = prepared.evaluator_meta.get("judge_acc_source", "held-out")
+        if judge_acc < STRICT_FLOOR:
             _say(
-                f"warning: the evaluator's held-out accuracy {heldout:.3f} is below {STRICT_FLOOR}, the floor "
+                f"warning: the evaluator's {source} accuracy {judge_acc:.3f} is below {STRICT_FLOOR}, the floor "
                 f"of real searches (this run accepts >= {opts.evaluator_floor}): read its accuracies as rough"
             )
         _say(
             f"data {prepared.data_spec}: {len(data)} images at {data.size}px (fingerprint {data.fingerprint}); "
-            f"evaluator {prepared.evaluator_path} (held-out acc "
-            f"{prepared.evaluator_meta.get('heldout_acc', float('nan')):.3f})"
+            f"evaluator {prepared.evaluator_path} ({source} acc {judge_acc:.3f}, the floor applies to it)"
         )
 
         mlflow.set_tracking_uri(opts.tracking_uri)

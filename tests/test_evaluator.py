@@ -20,13 +20,19 @@ from trainers.evaluator import (
     EvaluatorError,
     FitConfig,
     ResNet18,
+    calibrate,
+    calibration_dir,
     check_evaluator,
+    describe,
     evaluate_generator,
     feature_stats,
     fit,
     frechet_distance,
+    judge_data,
+    measured_judge,
     sidecar_path,
     split_indices,
+    stratified_sample,
     topk_accuracy,
 )
 from trainers.evaluator.__main__ import main
@@ -187,11 +193,29 @@ def _write(path, obj):
     return path
 
 
+def _raw(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _truncated(path):
+    torch.save({"model": ResNet18(n_classes=3, width=4).state_dict()}, path)
+    path.write_bytes(path.read_bytes()[:500])
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
         (lambda p: p / "missing.pt", "no such checkpoint"),
-        (lambda p: (p / "junk.pt").write_bytes(b"not a checkpoint") and p / "junk.pt", "not a loadable"),
+        (lambda p: _raw(p / "junk.pt", b"not a checkpoint"), "not a torch checkpoint"),
+        (lambda p: _raw(p / "empty.pt", b""), "empty file"),
+        (lambda p: _truncated(p / "cut.pt"), "corrupt or truncated"),
+        # a whole pickled model, as `torch.save(model)` writes: the safe loader refuses its code
+        (
+            lambda p: _write(p / "pickled.pt", official_model()),
+            "pickled Python objects .it needs torchvision",
+        ),
         (lambda p: _write(p / "bare.pt", official_model().state_dict()), "official format"),
         (
             lambda p: _write(p / "plainfc.pt", {"model": torchvision.models.resnet18().state_dict()}),
@@ -210,13 +234,26 @@ def _write(path, obj):
             "shape mismatch at fc.0.bias",
         ),
     ],
-    ids=["missing", "junk", "bare_state_dict", "plain_fc", "extra_key", "shape"],
+    ids=[
+        "missing",
+        "junk",
+        "empty",
+        "truncated",
+        "pickled_model",
+        "bare_state_dict",
+        "plain_fc",
+        "extra_key",
+        "shape",
+    ],
 )
-def test_load_errors_are_one_line(tmp_path, make, match):
+def test_load_errors_are_one_line(tmp_path, make, match, recwarn):
     path = make(tmp_path)
     with pytest.raises(EvaluatorError, match=match) as info:
         Evaluator.load(path, device="cpu")
-    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert "\n" not in str(info.value) and str(path) in str(info.value) and "\x1b" not in str(info.value)
+    assert not [
+        w for w in recwarn if "torch" in str(w.filename)
+    ]  # the line says it all, no warning beside it
 
 
 def test_sidecar_that_contradicts_checkpoint_is_refused(tmp_path):
@@ -515,3 +552,133 @@ def test_cli_entry_point_and_no_heavy_imports(tmp_path):
     assert proc.stdout.strip() == "[]"
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert "x.pt" in proc.stderr
+
+
+# -- a judge measured, not trusted ---------------------------------------------------------------------------
+
+
+def test_stratified_sample_is_fixed_proportional_and_covers_every_class():
+    rng = np.random.default_rng(1)
+    n, c = 2000, 24
+    k = rng.choice([1, 2, 3], size=n)  # 1-, 2- and 3-object images
+    labels = np.zeros((n, c), dtype=np.float32)
+    for i in range(n):
+        labels[i, rng.choice(c, size=k[i], replace=False)] = 1
+    labels[:, 23] = 0
+    labels[[5, 900], 23] = 1  # a rare class: two images in 2,000
+    idx = stratified_sample(labels, 300)
+    assert len(idx) == 300 == len(set(idx.tolist())) and (np.diff(idx) > 0).all()
+    assert (idx == stratified_sample(labels, 300)).all()  # the same data, the same images
+    assert not (idx == stratified_sample(labels, 300, seed=1)).all()
+    for objects in (1, 2, 3):  # each label count within a few images of its share
+        want = 300 * (labels.sum(1) == objects).mean()
+        assert abs((labels[idx].sum(1) == objects).sum() - want) <= 3
+    assert (labels[idx].sum(0) > 0).all()  # the rare class too
+    assert (stratified_sample(labels, 5000) == np.arange(n)).all()
+
+
+def _official(path, *, n_classes=24, width=4, seed=0):
+    """An official-format judge: {"model": state_dict} and nothing else, no sidecar."""
+    torch.manual_seed(seed)
+    torch.save({"model": ResNet18(n_classes=n_classes, width=width).state_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    from tests.conftest import make_iclevr_folder  # RGBA noise in the i-CLEVR layout, 24 classes
+
+    return make_iclevr_folder(tmp_path / "ds")
+
+
+def test_calibrate_measures_on_the_judges_resolution_and_caches(tmp_path, folder):
+    path = _official(tmp_path / "official.pt")
+    data = judge_data(folder, progress=False)
+    assert data.size == 64
+    first = calibrate(path, data, data_spec=str(folder), cache_dir=tmp_path / "cache", progress=False)
+    ev = Evaluator.load(path, device="cpu")
+    want = ev.accuracy(torch.as_tensor(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1, data.labels)
+    assert first["acc"] == pytest.approx(want) and not first["cached"]
+    assert first["n"] == first["n_data"] == 5 and first["data_fingerprint"] == data.fingerprint
+    assert first["classes"][0] == "gray cube" and first["n_classes"] == 24  # objects.json order
+    assert set(first["acc_by_objects"]) == {"1", "2", "3"}
+    again = calibrate(path, data, data_spec=str(folder), cache_dir=tmp_path / "cache", progress=False)
+    assert again["cached"] and again["acc"] == first["acc"] and again["cache"] == first["cache"]
+    assert "5 labelled images" in describe(first) and "look better than it is" in describe(first)
+
+
+@pytest.mark.parametrize(
+    ("judge", "needles"),
+    [
+        ({"n_classes": 10}, ["10 outputs", "24 classes", "official.pt", "ds"]),
+        ({"classes": "reversed"}, ["its sidecar", "output 0 is 'yellow cylinder'", "'gray cube'"]),
+    ],
+)
+def test_a_judge_for_other_classes_is_refused_naming_both(tmp_path, folder, judge, needles):
+    path = _official(tmp_path / "official.pt", n_classes=judge.get("n_classes", 24))
+    if judge.get("classes") == "reversed":
+        from trainers.data import load_vocab
+
+        sidecar_path(path).write_text(
+            json.dumps({"classes": list(load_vocab(folder / "objects.json"))[::-1]})
+        )
+    data = judge_data(folder, progress=False)
+    with pytest.raises(EvaluatorError) as info:
+        calibrate(path, data, data_spec=str(folder), cache_dir=tmp_path / "cache", progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg and all(n in msg for n in needles), msg
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("sidecar", ["none", "other_data", "this_data", "stale"])
+def test_measured_judge_trusts_only_a_record_of_this_data(tmp_path, folder, sidecar):
+    """The search's guard: a sidecar of this very data stands; none, or one of other data, means measuring."""
+    from trainers.data import load_dataset
+
+    data = load_dataset(folder, size=16, progress=False)  # as the search loads it, at its training size
+    path = tmp_path / "judge.pt"
+    if sidecar == "none":
+        _official(path)
+    else:
+        fp = data.fingerprint if sidecar == "this_data" else "fp-other"
+        judge = Evaluator(ResNet18(n_classes=24, width=4), classes=data.classes, device="cpu")
+        judge.save(path, {"heldout_acc": 0.97, "data_fingerprint": fp})
+        if sidecar == "stale":
+            _official(path, seed=1)
+    logs = []
+    kwargs = dict(data_spec=str(folder), floor=0.0, cache_dir=tmp_path / "cache", log=logs.append)
+    if sidecar == "stale":
+        with pytest.raises(EvaluatorError, match="another checkpoint.*delete it to have the judge measured"):
+            measured_judge(path, data, **kwargs)
+        return
+    meta = measured_judge(path, data, **kwargs)
+    if sidecar == "this_data":
+        assert (meta["judge_acc"], meta["judge_acc_source"]) == (0.97, "held-out") and not logs
+        return
+    assert meta["judge_acc_source"] == "calibrated" and "heldout_acc" not in meta
+    assert (
+        meta["calibration"]["n"] == 5
+        and meta["checkpoint_sha256"] == meta["calibration"]["checkpoint_sha256"]
+    )
+    assert meta["classes"][0] == "gray cube"  # what the trials rebuild the judge with
+    said = " ".join(logs)
+    assert ("no sidecar" if sidecar == "none" else "other data") in said and "floor 0.000 is applied" in said
+    assert "5 labelled images" in said and "look better than it is" in said
+    with pytest.raises(EvaluatorError) as info:  # the floor applies to the measured figure
+        measured_judge(path, data, **{**kwargs, "floor": 0.99})
+    msg = str(info.value)
+    assert f"{meta['judge_acc']:.3f}" in msg and "below the floor 0.990" in msg and "\n" not in msg
+
+
+def test_cli_calibrate_writes_the_searchs_cache(tmp_path, folder, capsys, monkeypatch):
+    monkeypatch.setenv("CGAN_SEARCH_HOME", str(tmp_path / "home"))
+    path = _official(tmp_path / "official.pt")
+    assert main(["calibrate", "--evaluator", str(path), "--data", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "official.pt: top-k accuracy" in out and "cached in" in out
+    assert len(list(calibration_dir(tmp_path / "home").glob("*.json"))) == 1
+    assert main(["calibrate", "--evaluator", str(path), "--data", str(folder)]) == 0
+    assert "read from" in capsys.readouterr().out
+    assert main(["calibrate", "--evaluator", str(path), "--data", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "24 outputs" in err and "digits has 10 classes" in err

@@ -3,11 +3,22 @@
     ev = Evaluator.load("data/iclevr-synth-64/evaluator.pt")   # official {"model": sd} or project checkpoint
     ev.accuracy(images, labels)                                 # images (B, 3, H, W) in [-1, 1]
     evaluate_generator(generate, ev, {"test": c1, "new_test": c2}, real=real_images)
-    check_evaluator(path, data_fingerprint=ds.fingerprint)      # the search's guard
+    check_evaluator(path, data_fingerprint=ds.fingerprint)      # the guard of a judge with its own record
+    measured_judge(path, data_spec=..., data_fingerprint=..., floor=0.9, cache_dir=...)  # the search's guard
 
-Fitting and scoring from the shell: ``python -m trainers.evaluator fit|score --help`` and docs/evaluator.md.
+Fitting, scoring and measuring from the shell: ``python -m trainers.evaluator fit|score|calibrate --help`` and
+docs/evaluator.md.
 """
 
+from trainers.evaluator.calibrate import (
+    calibrate,
+    calibration_dir,
+    check_matches,
+    describe,
+    judge_data,
+    measured_judge,
+    stratified_sample,
+)
 from trainers.evaluator.fit import FitConfig, fit, split_indices
 from trainers.evaluator.metrics import (
     FeatureStats,
@@ -36,16 +47,23 @@ __all__ = [
     "FitConfig",
     "ResNet18",
     "as_model_input",
+    "calibrate",
+    "calibration_dir",
     "check_evaluator",
+    "check_matches",
+    "describe",
     "draw_seed",
     "evaluate_generator",
     "feature_stats",
     "fit",
     "frechet_distance",
+    "judge_data",
+    "measured_judge",
     "per_class_f1",
     "read_sidecar",
     "real_feature_stats",
     "sidecar_path",
     "split_indices",
+    "stratified_sample",
     "topk_accuracy",
 ]

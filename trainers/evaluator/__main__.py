@@ -1,7 +1,8 @@
-"""Command line for evaluators: fit one on a dataset, or score a labeled folder with one.
+"""Command line for evaluators: fit one on a dataset, score a labeled folder with one, or measure one on your data.
 
 python -m trainers.evaluator fit --data DIR|FILE.parquet|digits [--out PATH] [--epochs E] [--width W] ...
 python -m trainers.evaluator score --evaluator PATH --data DIR
+python -m trainers.evaluator calibrate --evaluator PATH --data DIR [--sample N] [--home DIR]
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ import numpy as np
 import torch
 
 from trainers.cli import positive_int, run_command
+from trainers.evaluator.calibrate import (
+    DIGITS_SIZE,
+    SAMPLE,
+    calibrate,
+    calibration_dir,
+    check_matches,
+    describe,
+    judge_data,
+)
 from trainers.evaluator.fit import FitConfig, fit
 from trainers.evaluator.metrics import topk_accuracy
 from trainers.evaluator.model import Evaluator, EvaluatorError, as_model_input
 
 DEFAULTS = FitConfig()
-DIGITS_SIZE = 32  # the digits track trains its generators at 32x32: fit the judge on what they will produce
 
 
 def default_out(data: str) -> Path:
@@ -79,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=positive_int, default=None, help="load resolution (default 64; digits 32)")
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--device", default=None)
+    c = sub.add_parser(
+        "calibrate",
+        help="measure a judge (e.g. the official file, which has no sidecar) on your labelled images, as a "
+        "search does before trials start, and cache the figure for the search",
+    )
+    c.add_argument("--evaluator", type=Path, required=True, help="checkpoint (official or project)")
+    c.add_argument("--data", required=True, help="dataset folder (i-CLEVR layout), a .parquet, or 'digits'")
+    c.add_argument(
+        "--sample", type=positive_int, default=SAMPLE, help="images scored, a fixed stratified sample"
+    )
+    c.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="the search home whose cache receives the figure (default: $CGAN_SEARCH_HOME or ~/.cgan-search)",
+    )
+    c.add_argument("--batch-size", type=positive_int, default=256)
+    c.add_argument("--device", default=None)
     return parser
 
 
@@ -152,10 +179,7 @@ def _check_init(path: Path, init: Evaluator, ds) -> None:
 def run_score(args: argparse.Namespace) -> str:
     ev = Evaluator.load(args.evaluator, device=args.device)
     ds = _load(args.data, args.size)
-    if ds.n_classes != ev.n_classes or ("classes" in ev.meta and tuple(ev.meta["classes"]) != ds.classes):
-        raise EvaluatorError(
-            f"{args.evaluator}: its {ev.n_classes} classes do not match {args.data}'s {ds.n_classes}"
-        )
+    check_matches(args.evaluator, ev, ds.classes, str(args.data))
     bs = args.batch_size
     probs = torch.cat(
         [ev.scores(as_model_input(ds.images[i : i + bs]), batch_size=bs) for i in range(0, len(ds), bs)]
@@ -164,11 +188,34 @@ def run_score(args: argparse.Namespace) -> str:
     return f"accuracy {acc:.4f} on {len(ds)} images ({int(np.sum(ds.labels))} labels) of {args.data}"
 
 
+def run_calibrate(args: argparse.Namespace) -> str:
+    from search.options import default_home  # the search's own home: lazy, and it needs no ray or mlflow
+
+    home = (args.home.expanduser().resolve() if args.home else None) or default_home()
+    os.environ.setdefault("CGAN_SEARCH_CACHE", str(home / "cache"))  # the packs the search will read too
+    Evaluator.load(args.evaluator, device="cpu")  # a bad file is refused before the data is read
+    data = args.data if args.data == "digits" else str(Path(args.data).expanduser().resolve())
+    record = calibrate(
+        args.evaluator.expanduser().resolve(),
+        judge_data(data),
+        data_spec=data,
+        cache_dir=calibration_dir(home),
+        sample=args.sample,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    where = "read from" if record["cached"] else "cached in"
+    return f"{args.evaluator}: {describe(record)} ({where} {record['cache']})"
+
+
+COMMANDS = {"fit": run_fit, "score": run_score, "calibrate": run_calibrate}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from trainers.data import DataError
 
-    command = run_fit if args.command == "fit" else run_score
+    command = COMMANDS[args.command]
     return run_command(lambda: print(command(args)), (EvaluatorError, DataError))
 
 

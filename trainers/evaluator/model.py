@@ -275,24 +275,23 @@ TORCH_ZIP, PICKLE = b"PK\x03\x04", b"\x80"  # torch.save's zip archive; the lega
 
 def _unreadable(path: Path, err: Exception) -> EvaluatorError:
     """One line for a file torch.load(weights_only=True) refused, instead of torch's many-line message."""
-    if isinstance(err, pickle.UnpicklingError) and "Weights only" in str(err):
-        found = UNSAFE_GLOBAL.search(str(err))
-        what = f" (it needs {found.group(1)})" if found else ""
-        return EvaluatorError(
-            f"{path}: holds pickled Python objects{what}, not only tensors, so the safe weights-only loader "
-            "refuses it; where you trust it, save the weights alone: "
-            'torch.save({"model": model.state_dict()}, PATH)'
-        )
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:
         return EvaluatorError(f"{path}: empty file, not a torch checkpoint")
-    if head.startswith(TORCH_ZIP) or head.startswith(PICKLE):
-        return EvaluatorError(f"{path}: a torch checkpoint that cannot be read: corrupt or truncated")
-    return EvaluatorError(
-        f"{path}: not a torch checkpoint (torch.save writes a zip archive; this file starts with {head!r}); "
-        'the official format is torch.save({"model": state_dict})'
-    )
+    if not (head.startswith(TORCH_ZIP) or head.startswith(PICKLE)):
+        return EvaluatorError(
+            f"{path}: not a torch checkpoint (torch.save writes a zip archive; this file starts with {head!r}); "
+            'the official format is torch.save({"model": state_dict})'
+        )
+    found = UNSAFE_GLOBAL.search(str(err))
+    if isinstance(err, pickle.UnpicklingError) and found:
+        return EvaluatorError(
+            f"{path}: holds pickled Python objects (it needs {found.group(1)}), not only tensors, so the safe "
+            "weights-only loader refuses it; where you trust it, save the weights alone: "
+            'torch.save({"model": model.state_dict()}, PATH)'
+        )
+    return EvaluatorError(f"{path}: a torch checkpoint that cannot be read: corrupt or truncated")
 
 
 def _check_state(path: Path, expected: Mapping[str, Tensor], got: Mapping[str, Any]) -> None:
