@@ -353,20 +353,31 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
             ceiling_source=prepared.ceiling_source,
             presets=presets,
             log=_say,
+            allow_pruned=opts.allow_pruned,
         )
         if opts.promote and summary.best is not None:
             from search.promote import promote
 
             version = promote(
-                client, opts.experiment, metric="acc", alias="champion", model_name=entry.model_name, log=_say
+                client,
+                opts.experiment,
+                objectives=opts.objectives,  # acc,fid: from the Pareto front, the rule the summary used
+                allow_pruned=opts.allow_pruned,
+                alias="champion",
+                model_name=entry.model_name,
+                log=_say,
             )
             _say(f"promoted: models:/{entry.model_name}@champion (version {version.version})")
         client.set_terminated(parent, status="FINISHED")
         _say(f"artifacts: Tune results and checkpoints in {results.experiment_path}")
         _say(f"artifacts: MLflow runs in {opts.tracking_uri} (experiment {opts.experiment})")
         _say(f"open the MLflow UI: {tracking.mlflow_ui_command(opts.tracking_uri)}")
+        promote_flags = "".join(
+            (f" --objectives {','.join(opts.objectives)}" if len(opts.objectives) > 1 else "",
+             " --allow-pruned" if opts.allow_pruned else "")
+        )  # fmt: skip
         _say(
-            f"promote the best: python -m search.promote --experiment {opts.experiment} "
+            f"promote the best: python -m search.promote --experiment {opts.experiment}{promote_flags} "
             f"--tracking-uri {opts.tracking_uri}"
         )
         return 0 if summary.best is not None else 1

@@ -81,6 +81,7 @@ class Options:
     experiment: str
     seed: int
     promote: bool
+    allow_pruned: bool  # the best trial / --promote may be one ASHA stopped before max_epochs
     smoke_test: bool
     objectives: tuple[str, ...]
     max_failures: int
@@ -261,6 +262,12 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
         help=f"register the best trial's generator as '{entry.model_name}' (alias champion) at the end",
     )
     a(
+        "--allow-pruned",
+        action="store_true",
+        help="let the best trial line and --promote choose a trial ASHA stopped before --max-epochs (by its "
+        "last evaluation); by default only trials that ran to --max-epochs without diverging are chosen",
+    )
+    a(
         "--smoke-test",
         action="store_true",
         help="a genuinely small search (tiny data, tiny judge, smoke space): plumbing check in ~1-2 minutes",
@@ -403,6 +410,7 @@ def complete(
         experiment=args.experiment or f"{entry.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         seed=args.seed,
         promote=args.promote,
+        allow_pruned=args.allow_pruned,
         smoke_test=args.smoke_test,
         objectives=args.objectives,
         max_failures=args.max_failures,

@@ -1,48 +1,160 @@
-"""Register the best trial's generator in the MLflow model registry and point an alias at it.
+"""Register the best finished trial's generator in the MLflow model registry and point an alias at it.
 
-    python -m search.promote --experiment NAME [--metric acc] [--alias champion] [--tracking-uri URI]
+    python -m search.promote --experiment NAME [--metric acc | --objectives acc,fid [--fid-slack 0.25]]
+                             [--allow-pruned] [--alias champion] [--tracking-uri URI]
 
-The best finished trial run of the experiment (by its final value of --metric) gives its checkpoint
-artifact; the generator (EMA weights when the trial kept an EMA) is logged to that run as a pyfunc model
-(search/pyfunc.py), registered as the search's model name (clevr-cgan, digits-cgan; or --model-name), the
-alias set, and the version tagged with the config, metrics, and the data and evaluator fingerprints.
+Candidates are the experiment's trial runs that ran to the search's `max_epochs` (the parent run's param)
+and did not diverge: ASHA stops trials on an early score, and a lucky one-epoch accuracy is not a recipe's
+result. `--allow-pruned` also admits trials ASHA stopped (their last evaluation). Among the candidates:
+- one objective: the best final `--metric` (acc highest, fid lowest);
+- `--objectives acc,fid`: the Pareto front of (acc max, FID min); of the front's trials whose FID is at most
+  (1 + --fid-slack) x the lowest FID on the front, the one with the best acc (ties: lower FID).
+The chosen run's checkpoint artifact gives the generator (EMA weights when the trial kept an EMA); it is
+logged to that run as a pyfunc model (search/pyfunc.py), registered as the search's model name (clevr-cgan,
+digits-cgan; or --model-name), the alias set, and the version tagged with the config, metrics, the rule
+that chose it, and the data and evaluator fingerprints.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from search.options import HelpFormatter, OneLineParser, default_home, tracking_uri_or_default
-from search.tracking import PARENT_TAG, ROLE_TAG, STATE_TAG
+from search.tracking import PARENT_TAG, ROLE_TAG, STATE_TAG, TRIAL_TAG
 
 LOWER_IS_BETTER = ("fid",)
+FID_SLACK = 0.25  # a front trial may have up to 25% more FID than the front's best to win on acc
 
 
 class PromoteError(RuntimeError):
     """Nothing to promote, or an unknown experiment (one line, exit status 2)."""
 
 
-def best_trial_run(client, experiment_id: str, metric: str):
-    """The finished, non-failed trial run with the best final `metric` that has a checkpoint artifact."""
-    order = "ASC" if metric in LOWER_IS_BETTER else "DESC"
+def finished(row: Mapping[str, Any], max_epochs: int | None) -> bool:
+    """Ran to max_epochs without diverging: Optuna state COMPLETE (search/optuna_bridge.trial_state) and
+    not diverged, and, where the search's max_epochs is known, that many epochs trained."""
+    if row["state"] != "COMPLETE" or row["diverged"]:
+        return False
+    return max_epochs is None or row["epochs"] >= max_epochs
+
+
+def eligible(
+    rows: Sequence[Mapping[str, Any]], *, allow_pruned: bool, max_epochs: int | None = None
+) -> list[Mapping[str, Any]]:
+    """Rows promotion may choose from: finished ones, or with `allow_pruned` any that neither failed nor
+    diverged. A row's own `max_epochs` (its search's) wins over the argument."""
+    if allow_pruned:
+        return [r for r in rows if not r["diverged"] and r["state"] != "FAIL"]
+    return [r for r in rows if finished(r, r.get("max_epochs", max_epochs))]
+
+
+def _key(row: Mapping[str, Any], metric: str) -> float:
+    value = float(row.get(metric, math.nan))
+    return value if metric in LOWER_IS_BETTER else -value  # lower key is better
+
+
+def pareto_front(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> list[Mapping[str, Any]]:
+    """The rows no other row dominates on `objectives` (acc higher, fid lower is better): at least as good
+    on every objective and better on one. Rows lacking a finite value of an objective are left out."""
+    points = [r for r in rows if all(math.isfinite(float(r.get(m, math.nan))) for m in objectives)]
+    keys = [[_key(r, m) for m in objectives] for r in points]
+
+    def dominated(a: list[float]) -> bool:
+        return any(all(x <= y for x, y in zip(b, a, strict=True)) and b != a for b in keys)
+
+    return [r for r, k in zip(points, keys, strict=True) if not dominated(k)]
+
+
+def choose(
+    rows: Sequence[Mapping[str, Any]], *, objectives: Sequence[str], fid_slack: float = FID_SLACK
+) -> tuple[Mapping[str, Any] | None, str]:
+    """(the row to promote or None, the rule as words) among candidate rows; see the module doc."""
+    if len(objectives) == 1:
+        metric = objectives[0]
+        ranked = sorted(
+            (r for r in rows if math.isfinite(float(r.get(metric, math.nan)))),
+            key=lambda r: (_key(r, metric), r["trial_id"]),
+        )
+        return (ranked[0] if ranked else None), f"best final {metric}"
+    front = pareto_front(rows, objectives)
+    if not front:
+        return None, "Pareto front of acc and fid"
+    bound = min(float(r["fid"]) for r in front) * (1 + fid_slack)
+    within = [r for r in front if float(r["fid"]) <= bound]
+    best = min(within, key=lambda r: (-float(r["acc"]), float(r["fid"]), r["trial_id"]))
+    return (
+        best,
+        f"best acc on the Pareto front (acc, fid) with fid <= {bound:.4g} (lowest x {1 + fid_slack:g})",
+    )
+
+
+def trial_rows(client, experiment_id: str) -> list[dict[str, Any]]:
+    """Every FINISHED trial run of the experiment as a row: trial_id, state, epochs, diverged, its final
+    metrics, its search's max_epochs, and the run itself."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'FINISHED'",
-        order_by=[f"metrics.`{metric}` {order}"],
-        max_results=50,
+        max_results=50000,
     )
+    max_epochs: dict[str, int | None] = {}
+    rows = []
     for run in runs:
-        if metric not in run.data.metrics or run.data.tags.get("search.diverged") == "true":
-            continue
-        if any(f.path == "checkpoint" for f in client.list_artifacts(run.info.run_id)):
-            return run
-    return None
+        parent = run.data.tags.get(PARENT_TAG, "")
+        if parent not in max_epochs:
+            value = client.get_run(parent).data.params.get("max_epochs") if parent else None
+            max_epochs[parent] = int(value) if value is not None else None
+        metrics = run.data.metrics
+        rows.append(
+            {
+                "trial_id": run.data.tags.get(TRIAL_TAG, run.info.run_id),
+                "state": run.data.tags.get(STATE_TAG, ""),
+                "epochs": int(metrics.get("epoch", 0)),
+                "diverged": run.data.tags.get("search.diverged") == "true",
+                "max_epochs": max_epochs[parent],
+                **{k: float(v) for k, v in metrics.items()},
+                "_run": run,
+            }
+        )
+    return rows
+
+
+def best_trial_run(
+    client,
+    experiment_id: str,
+    *,
+    objectives: Sequence[str] = ("acc",),
+    fid_slack: float = FID_SLACK,
+    allow_pruned: bool = False,
+):
+    """(run, rule) of the candidate `choose` picks among trial runs that have a checkpoint artifact;
+    raises PromoteError, saying why, when there is none."""
+    rows = trial_rows(client, experiment_id)
+    candidates = eligible(rows, allow_pruned=allow_pruned)
+    with_checkpoint = [
+        r
+        for r in candidates
+        if any(f.path == "checkpoint" for f in client.list_artifacts(r["_run"].info.run_id))
+    ]
+    row, rule = choose(with_checkpoint, objectives=objectives, fid_slack=fid_slack)
+    if row is not None:
+        return row["_run"], rule + ("" if allow_pruned else ", among trials that ran to max_epochs")
+    pruned = sum(r["state"] == "PRUNED" for r in rows)
+    diverged = sum(r["diverged"] for r in rows)
+    need = "/".join(objectives)
+    why = (
+        f"{len(rows)} finished trial runs, {pruned} pruned by ASHA, {diverged} diverged, "
+        f"{len(candidates)} that ran to max_epochs" + (" or were pruned" if allow_pruned else "")
+    )
+    hint = "" if allow_pruned or not pruned else "; --allow-pruned also considers trials ASHA stopped"
+    raise PromoteError(f"no trial to promote with {need} and a checkpoint ({why}){hint}")
 
 
 def _requirements() -> list[str]:
@@ -60,11 +172,15 @@ def promote(
     experiment: str,
     *,
     metric: str = "acc",
+    objectives: Sequence[str] | None = None,
+    fid_slack: float = FID_SLACK,
+    allow_pruned: bool = False,
     alias: str = "champion",
     model_name: str | None = None,
     log: Callable[[str], None] = print,
 ):
-    """Log, register and alias the best trial's generator; returns the ModelVersion."""
+    """Log, register and alias the chosen trial's generator (module doc: the rule); returns the ModelVersion.
+    `objectives` ("acc", "fid") chooses from the Pareto front; else the best `metric`."""
     import mlflow
 
     from search.pyfunc import GENERATOR_FILE, GeneratorModel, build, example_input, write_generator
@@ -72,11 +188,13 @@ def promote(
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise PromoteError(f"no MLflow experiment named {experiment!r} in {client.tracking_uri}")
-    run = best_trial_run(client, exp.experiment_id, metric)
-    if run is None:
-        raise PromoteError(
-            f"experiment {experiment!r} has no finished trial with a {metric!r} metric and a checkpoint"
+    objectives = tuple(objectives) if objectives and len(objectives) > 1 else (metric,)
+    try:
+        run, rule = best_trial_run(
+            client, exp.experiment_id, objectives=objectives, fid_slack=fid_slack, allow_pruned=allow_pruned
         )
+    except PromoteError as err:
+        raise PromoteError(f"experiment {experiment!r}: {err}") from None
     parent = client.get_run(run.data.tags[PARENT_TAG])
     name = model_name or parent.data.tags.get("search.model_name") or f"{experiment}-cgan"
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,6 +230,7 @@ def promote(
         "trial_id": run.data.tags.get("ray.trial_id", ""),
         "experiment": experiment,
         "optuna_state": run.data.tags.get(STATE_TAG, ""),
+        "selection": rule,
         "data_fingerprint": parent.data.tags.get("search.data_fingerprint", ""),
         "evaluator_fingerprint": parent.data.tags.get("search.evaluator_fingerprint", ""),
         "space_sha256": parent.data.tags.get("search.space_sha256", ""),
@@ -124,21 +243,64 @@ def promote(
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version.version, key, value)
+    shown = ", ".join(f"{m} {run.data.metrics[m]:.4f}" for m in objectives)
     log(
         f"registered {name} version {version.version} (alias {alias}) from trial {tags['trial_id']}: "
-        f"{metric} {run.data.metrics[metric]:.4f}"
+        f"{shown} ({rule})"
     )
     return version
+
+
+def _objectives(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(","))
+    if names not in (("acc",), ("acc", "fid")):
+        raise argparse.ArgumentTypeError(f"expected 'acc' or 'acc,fid', got {text!r}")
+    return names
+
+
+def _slack(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (0.25: up to 25% above), got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m search.promote",
-        description="Register the best trial of a search as an MLflow model version and set an alias on it.",
+        description="Register the best finished trial of a search as an MLflow model version and set an "
+        "alias on it. Candidates: trials that ran to the search's max_epochs and did not diverge (with "
+        "--allow-pruned also those ASHA stopped). One objective: the best final --metric. --objectives "
+        "acc,fid: among the Pareto-optimal trials (no other candidate is as good on both and better on "
+        "one) whose FID is at most (1 + --fid-slack) x the lowest FID on the front, the highest acc.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--experiment", required=True, help="the search's MLflow experiment (its --experiment)")
-    p.add_argument("--metric", default="acc", help="rank trials by this final metric (fid: lower is better)")
+    p.add_argument(
+        "--metric",
+        help="one objective: rank by this final metric, e.g. acc_test (default acc; fid: lowest)",
+    )
+    p.add_argument(
+        "--objectives",
+        type=_objectives,
+        default="acc",
+        help="'acc' (rank by --metric) or 'acc,fid' (choose from the Pareto front, see --fid-slack)",
+    )
+    p.add_argument(
+        "--fid-slack",
+        type=_slack,
+        default=FID_SLACK,
+        help="with --objectives acc,fid: how far above the front's lowest FID (as a fraction of it) a "
+        "trial's FID may be to win on acc; 0 takes the lowest-FID trial, inf the highest acc",
+    )
+    p.add_argument(
+        "--allow-pruned",
+        action="store_true",
+        help="also choose among trials ASHA stopped before max_epochs (their last evaluation)",
+    )
     p.add_argument("--alias", default="champion", help="registry alias to point at the new version")
     p.add_argument("--model-name", help="registered model name (default: the search's, e.g. clevr-cgan)")
     p.add_argument(
@@ -148,13 +310,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.metric and len(args.objectives) > 1:
+        parser.error(
+            f"--metric {args.metric} with --objectives {','.join(args.objectives)}: give one of them"
+        )
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri_or_default(args.tracking_uri, default_home()))
+    from search.options import redacted, tracking_scheme_problem, tracking_unreachable
+
+    uri = tracking_uri_or_default(args.tracking_uri, default_home())  # a password moves to MLflow's env vars
+    if problem := tracking_scheme_problem(uri) or tracking_unreachable(uri):  # MLflow retries for minutes
+        parser.error(f"--tracking-uri {redacted(uri)}: {problem}")
+    client = MlflowClient(uri)
     try:
         version = promote(
-            client, args.experiment, metric=args.metric, alias=args.alias, model_name=args.model_name
+            client,
+            args.experiment,
+            metric=args.metric or "acc",
+            objectives=args.objectives,
+            fid_slack=args.fid_slack,
+            allow_pruned=args.allow_pruned,
+            alias=args.alias,
+            model_name=args.model_name,
         )
     except PromoteError as err:
         print(f"python -m search.promote: error: {err}", file=sys.stderr)

@@ -1,5 +1,8 @@
 """What a search leaves behind on its parent run: the leaderboard, Optuna's plots, the study, the summary.
 
+With `--objectives acc,fid` the leaderboard marks the Pareto-optimal trials (Optuna's `study.best_trials`)
+and `pareto.png` plots acc against FID. The "best trial" line uses promotion's rule (search/promote.py):
+among trials that ran to max_epochs and did not diverge, unless pruned ones are allowed.
 Also the progress table Tune prints while trials run.
 """
 
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from search.optuna_bridge import load_study_and_trials, trial_state
+from search.promote import FID_SLACK, choose, eligible, pareto_front
 
 TOP = 10
 SHOWN_PARAMS = ("arch", "loss", "g_cond", "d_cond", "d_norm", "lr_g", "lr_d", "batch_size")
@@ -51,7 +55,8 @@ def _fmt(value: Any) -> str:
 def leaderboard_rows(
     results, *, max_epochs: int, states: Mapping[str, str], presets: Mapping[str, Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
-    """One row per trial: id, Optuna state, epochs trained, every acc_*, fid, the config. Best acc first."""
+    """One row per trial: id, Optuna state, epochs trained, every acc_*, fid, the config. Best acc first.
+    `summarize` adds `pareto` (on the front or not) in multi-objective searches."""
     rows = []
     for result in results:
         metrics = dict(result.metrics or {})
@@ -82,12 +87,15 @@ def leaderboard_rows(
 
 def format_table(rows: Sequence[Mapping[str, Any]], *, top: int = TOP) -> str:
     acc_cols = sorted({k for r in rows for k in r if k.startswith("acc_") and k != "acc_std"})
-    cols = ["#", "trial_id", "state", "epochs", "acc", *acc_cols, "fid"]
+    pareto = ["pareto"] if any("pareto" in r for r in rows) else []
+    cols = ["#", "trial_id", "state", "epochs", "acc", *acc_cols, "fid", *pareto]
     params = [p for p in SHOWN_PARAMS if any(p in r["_config"] for r in rows)]
     header = cols + params
     lines = [header]
     for i, r in enumerate(rows[:top], 1):
         cells = [str(i)] + [_fmt(r.get(c, "")) for c in cols[1:]]
+        if pareto:
+            cells[len(cols) - 1] = "*" if r.get("pareto") else ""
         cells += [_fmt(r["_config"].get(p, "")) for p in params]
         if r["diverged"]:
             cells[2] += "(diverged)"
@@ -145,6 +153,79 @@ def optuna_plots(study, folder: Path, *, objectives: Sequence[str], log: Callabl
     return out
 
 
+def pareto_trials(study, trial_numbers: Mapping[str, int], rows: Sequence[Mapping[str, Any]], objectives):
+    """Ray trial ids of the Pareto-optimal trials: Optuna's `study.best_trials` (COMPLETE trials only, so
+    never one ASHA stopped); without a study, the same rule on the COMPLETE rows."""
+    if study is not None:
+        numbers = {t.number for t in study.best_trials}
+        return {tid for tid, n in trial_numbers.items() if n in numbers}
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    return {r["trial_id"] for r in pareto_front(complete, objectives)}
+
+
+def pareto_plot(
+    rows: Sequence[Mapping[str, Any]], path: Path, *, chosen: Mapping[str, Any] | None
+) -> Path | None:
+    """acc against FID for every trial with both: the front (red, joined), other finished trials (blue),
+    pruned trials at their last evaluation (grey, hollow), the promoted choice (star); marker by arch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in rows if math.isfinite(r["acc"]) and math.isfinite(r["fid"])]
+    if not points:
+        return None
+    markers = dict(zip(("dcgan", "infogan", "sagan", "resnet"), "o^sD", strict=True))
+    kinds = {
+        "Pareto front": lambda r: r.get("pareto"),
+        "finished": lambda r: not r.get("pareto") and r["state"] == "COMPLETE",
+        "pruned (last evaluation)": lambda r: r["state"] == "PRUNED",
+    }
+    style = {
+        "Pareto front": {"color": "tab:red"},
+        "finished": {"color": "tab:blue"},
+        "pruned (last evaluation)": {"facecolors": "none", "edgecolors": "tab:gray"},
+    }
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for kind, member in kinds.items():
+        for arch in sorted({r["_config"].get("arch", "?") for r in points}):
+            group = [r for r in points if member(r) and r["_config"].get("arch", "?") == arch]
+            if group:
+                ax.scatter(
+                    [r["fid"] for r in group], [r["acc"] for r in group], s=45,
+                    marker=markers.get(arch, "x"), label=f"{kind}, {arch}", **style[kind],
+                )  # fmt: skip
+    front = sorted((r for r in points if r.get("pareto")), key=lambda r: r["fid"])
+    if front:
+        ax.step(
+            [r["fid"] for r in front], [r["acc"] for r in front], where="post", color="tab:red", alpha=0.4
+        )
+        for r in front:
+            ax.annotate(
+                r["trial_id"], (r["fid"], r["acc"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            )
+    if chosen is not None and any(chosen is r for r in points):
+        ax.scatter(
+            [chosen["fid"]], [chosen["acc"]], s=320, marker="*", facecolors="none", edgecolors="black",
+            label=f"best trial (promotion's rule): {chosen['trial_id']}",
+        )  # fmt: skip
+    hidden = len(rows) - len(points)
+    ax.set_xlabel("FID in the judge's features (lower is better)")
+    ax.set_ylabel("acc (higher is better)")
+    ax.set_title(
+        f"acc vs FID: {len(front)} Pareto-optimal of {sum(r['state'] == 'COMPLETE' for r in rows)} complete "
+        f"trials" + (f"; {hidden} without a finite FID (diverged, failed) not shown" if hidden else ""),
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def summarize(
     results,
     *,
@@ -156,14 +237,21 @@ def summarize(
     ceiling_source: str,
     presets: Mapping[str, Mapping[str, Any]],
     log: Callable[[str], None],
+    allow_pruned: bool = False,
+    fid_slack: float = FID_SLACK,
 ) -> Summary:
-    """Leaderboard printed and logged, plots and study logged, best vs. ceiling printed."""
+    """Leaderboard printed and logged, plots and study logged, best (promotion's rule) vs. ceiling printed."""
     study, trial_numbers = load_study_and_trials(results.experiment_path)
     states = {}
     if study is not None:
         by_number = {t.number: t for t in study.trials}
         states = {tid: by_number[n].state.name for tid, n in trial_numbers.items() if n in by_number}
     rows = leaderboard_rows(results, max_epochs=max_epochs, states=states, presets=presets)
+    multi = len(objectives) > 1
+    if multi:
+        front = pareto_trials(study, trial_numbers, rows, objectives)
+        for row in rows:
+            row["pareto"] = row["trial_id"] in front
     counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")}
     counts["diverged"] = sum(r["diverged"] for r in rows)
     log(
@@ -171,32 +259,48 @@ def summarize(
         f"{counts['PRUNED']} pruned by ASHA, {counts['FAIL']} failed"
     )
     print(format_table(rows), flush=True)
+    candidates = eligible(rows, allow_pruned=allow_pruned, max_epochs=max_epochs)
+    best, rule = choose(candidates, objectives=objectives, fid_slack=fid_slack)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         client.log_artifact(parent_run_id, str(write_csv(rows, folder / "leaderboard.csv")))
+        if multi and pareto_plot(rows, folder / "pareto.png", chosen=best) is not None:
+            client.log_artifact(parent_run_id, str(folder / "pareto.png"))
         if study is not None:
             (folder / "optuna").mkdir()
             with (folder / "optuna" / "study.pkl").open("wb") as f:
                 pickle.dump(study, f)
             optuna_plots(study, folder / "optuna", objectives=objectives, log=log)
             client.log_artifacts(parent_run_id, str(folder / "optuna"), artifact_path="optuna")
-    valid = [r for r in rows if not math.isnan(r["acc"]) and r["state"] != "FAIL"]
-    best = valid[0] if valid else None
     metrics = {f"n_{k.lower()}": float(v) for k, v in counts.items()}
+    if multi:
+        metrics["n_pareto"] = float(sum(r["pareto"] for r in rows))
     if best is not None:
         metrics.update(
-            {f"best_{k}": v for k, v in best.items() if k.startswith("acc") and isinstance(v, float)}
+            {
+                f"best_{k}": v
+                for k, v in best.items()
+                if (k.startswith("acc") or k == "fid") and isinstance(v, float)
+            }
         )
         client.set_tag(parent_run_id, "search.best_trial_id", best["trial_id"])
+        client.set_tag(parent_run_id, "search.best_rule", rule)
     metrics.update({f"ceiling_{k}": float(v) for k, v in ceiling.items()})
     for key, value in metrics.items():
         if not math.isnan(value):
             client.log_metric(parent_run_id, key, value)
     if best is not None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("acc") and k != "acc_std")
+        shown += f", fid {best['fid']:.4g}" if multi else ""
         ceil = ", ".join(f"{k} {v:.4f}" for k, v in ceiling.items())
-        log(f"best trial {best['trial_id']}: {shown}")
+        scope = "any trial that did not diverge" if allow_pruned else f"trials that ran {max_epochs} epochs"
+        log(f"best trial {best['trial_id']} ({rule}, among {scope}): {shown}")
         log(f"ceiling ({ceiling_source}): {ceil}")
+    elif any(not math.isnan(r["acc"]) and r["state"] == "PRUNED" for r in rows):
+        log(
+            f"no trial ran {max_epochs} epochs without diverging: nothing to call best or promote "
+            "(--allow-pruned chooses among the trials ASHA stopped too)"
+        )
     else:
         log("no trial produced a result")
     return Summary(rows=rows, best=best, counts=counts)

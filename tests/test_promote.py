@@ -1,8 +1,11 @@
-"""Promotion without a search: trial runs made by hand (as the search's callback makes them), each with a real
-trainer checkpoint; the registered pyfunc model must rebuild the generator and map label sets to images."""
+"""Promotion without a search: trial runs made by hand in a real SQLite MLflow store (as the search's callback
+makes them: Optuna-state tag, epoch metric, the parent's max_epochs param), each with a real trainer
+checkpoint; the registered pyfunc model must rebuild the generator and map label sets to images. A pruned
+trial with the highest acc is only ever promoted with --allow-pruned."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.promote import PromoteError, promote
+from search.promote import PromoteError, choose, pareto_front, promote
 from search.pyfunc import multi_hot
 from search.tracking import PARENT_TAG, ROLE_TAG, STATE_TAG, TRIAL_TAG, create_parent, ensure_experiment
 from trainers.config import TrainConfig
@@ -37,10 +40,39 @@ def checkpoint(tmp: Path, *, ema: float) -> Path:
     return out["checkpoint"]
 
 
+MAX_EPOCHS = 2
+# name, final acc, final fid, ema, diverged, Optuna state, epochs trained
+TRIALS = (
+    ("a", 0.3, 5.0, 0.0, "false", "COMPLETE", 2),
+    ("b", 0.5, 9.0, 0.99, "false", "COMPLETE", 2),
+    ("c", 0.9, 1.0, 0.0, "true", "COMPLETE", 1),  # diverged in its second epoch
+    ("d", 0.2, 7.0, 0.0, "false", "COMPLETE", 2),  # dominated by a (lower acc, higher FID)
+    ("p", 0.95, 0.5, 0.0, "false", "PRUNED", 1),  # ASHA stopped it after a lucky first epoch
+)
+
+
+def trial_run(client, exp: str, parent: str, tmp: Path, name, acc, fid, ema, diverged, state, epochs):
+    run_id = client.create_run(
+        exp, run_name=name, tags={PARENT_TAG: parent, ROLE_TAG: "trial", TRIAL_TAG: name}
+    ).info.run_id
+    for step in range(1, epochs + 1):
+        client.log_metric(run_id, "acc", acc * step / epochs, step=step)
+        client.log_metric(run_id, "epoch", step, step=step)
+    client.log_metric(run_id, "fid", fid, step=epochs)
+    client.set_tag(run_id, "search.diverged", diverged)
+    client.set_tag(run_id, STATE_TAG, state)
+    if tmp is not None:  # one real trainer checkpoint per EMA setting, shared by the runs that use it
+        path = tmp / f"ema{ema}" / "last.pt"
+        path = path if path.is_file() else checkpoint(path.parent, ema=ema)
+        client.log_artifact(run_id, str(path), artifact_path="checkpoint")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    """An experiment with a parent run and three trial runs: acc 0.3 / 0.5 (with EMA) / 0.9 but diverged.
-    Shared by the tests of this module: each registers its own versions and checks only those."""
+    """An experiment with a parent run (max_epochs 2) and the TRIALS above. Shared by the tests of this
+    module: each registers its own versions and checks only those."""
     from mlflow.tracking import MlflowClient
 
     tmp_path = tmp_path_factory.mktemp("promote")
@@ -49,25 +81,15 @@ def experiment(tmp_path_factory):
     parent = create_parent(
         client, exp, name="search-promo", experiment_dir=str(tmp_path / "ray"),
         tags={"search.model_name": "tiny-cgan", "search.data_fingerprint": "tiny", "search.evaluator_fingerprint": "ev"},
-        params={},
+        params={"max_epochs": MAX_EPOCHS},
     )  # fmt: skip
-    for name, acc, fid, ema, diverged in (
-        ("a", 0.3, 5.0, 0.0, "false"),
-        ("b", 0.5, 9.0, 0.99, "false"),
-        ("c", 0.9, 1.0, 0.0, "true"),
-    ):
-        run = client.create_run(
-            exp, run_name=name, tags={PARENT_TAG: parent, ROLE_TAG: "trial", TRIAL_TAG: name}
-        )
-        run_id = run.info.run_id
-        for step, value in ((1, acc / 2), (2, acc)):
-            client.log_metric(run_id, "acc", value, step=step)
-        client.log_metric(run_id, "fid", fid, step=2)
-        client.set_tag(run_id, "search.diverged", diverged)
-        client.set_tag(run_id, STATE_TAG, "COMPLETE")
-        client.log_artifact(run_id, str(checkpoint(tmp_path / name, ema=ema)), artifact_path="checkpoint")
-        client.set_terminated(run_id, "FINISHED")
+    for trial in TRIALS:
+        trial_run(client, exp, parent, tmp_path, *trial)
     return client, tmp_path
+
+
+def promoted(client, version) -> str:
+    return client.get_model_version(version.name, version.version).tags["trial_id"]
 
 
 def test_promote_registers_the_best_final_acc_and_tags_it(experiment):
@@ -75,7 +97,8 @@ def test_promote_registers_the_best_final_acc_and_tags_it(experiment):
     version = promote(client, "promo", log=lambda _: None)
     assert version.name == "tiny-cgan"  # the search's model name, from the parent run
     tags = client.get_model_version(version.name, version.version).tags
-    assert tags["trial_id"] == "b" and tags["metric.acc"] == "0.5"  # c scored higher but diverged
+    assert tags["trial_id"] == "b" and tags["metric.acc"] == "0.5"  # c diverged, p was pruned
+    assert tags["selection"] == "best final acc, among trials that ran to max_epochs"
     assert (
         tags["ema"] == "true" and tags["data_fingerprint"] == "tiny" and tags["evaluator_fingerprint"] == "ev"
     )
@@ -90,6 +113,62 @@ def test_fid_ranks_lowest_first_and_aliases_move(experiment):
     assert (
         client.get_model_version_by_alias("tiny-cgan", "champion").version == second.version != first.version
     )
+
+
+def test_a_pruned_trial_with_the_best_acc_is_promoted_only_with_allow_pruned(experiment):
+    client, _ = experiment
+    assert promoted(client, promote(client, "promo", alias="strict", log=lambda _: None)) == "b"
+    loose = promote(client, "promo", alias="loose", allow_pruned=True, log=lambda _: None)
+    assert promoted(client, loose) == "p"  # its one-epoch 0.95 beats every finished trial
+    assert client.get_model_version(loose.name, loose.version).tags["optuna_state"] == "PRUNED"
+    # by FID too: c (diverged, FID 1.0) is never a candidate, p's 0.5 wins once pruned trials count
+    by_fid = promote(client, "promo", metric="fid", allow_pruned=True, log=lambda _: None)
+    assert promoted(client, by_fid) == "p"
+
+
+def test_pareto_rule_best_acc_within_the_fid_slack_of_the_front(experiment):
+    """Finished front: a (0.3, FID 5) and b (0.5, FID 9); d (0.2, 7) is dominated. Slack 0.25: FID <= 6.25
+    leaves a; slack 1: FID <= 10 lets b win on acc; with pruned trials, p (0.95, 0.5) dominates all."""
+    client, _ = experiment
+    multi = ("acc", "fid")
+    assert promoted(client, promote(client, "promo", objectives=multi, log=lambda _: None)) == "a"
+    wide = promote(client, "promo", objectives=multi, fid_slack=1.0, log=lambda _: None)
+    assert promoted(client, wide) == "b"
+    assert "Pareto front" in client.get_model_version(wide.name, wide.version).tags["selection"]
+    loose = promote(client, "promo", objectives=multi, allow_pruned=True, log=lambda _: None)
+    assert promoted(client, loose) == "p"
+
+
+def test_pareto_front_and_choice_rules():
+    rows = [
+        {"trial_id": "a", "acc": 0.3, "fid": 5.0},
+        {"trial_id": "b", "acc": 0.5, "fid": 9.0},
+        {"trial_id": "d", "acc": 0.2, "fid": 7.0},
+        {"trial_id": "e", "acc": 0.3, "fid": 5.0},  # ties a: neither dominates the other
+        {"trial_id": "f", "acc": 0.9, "fid": math.inf},  # no finite FID: never on the front
+    ]
+    assert [r["trial_id"] for r in pareto_front(rows, ("acc", "fid"))] == ["a", "b", "e"]
+    assert choose(rows, objectives=("acc", "fid"), fid_slack=0.0)[0]["trial_id"] == "a"  # tie: trial id
+    assert choose(rows, objectives=("acc", "fid"), fid_slack=math.inf)[0]["trial_id"] == "b"
+    assert choose(rows[:3], objectives=("fid",))[0]["trial_id"] == "a"
+    assert choose([], objectives=("acc", "fid"))[0] is None
+
+
+def test_only_pruned_trials_is_one_line_naming_allow_pruned(experiment, tmp_path):
+    client, _ = experiment
+    exp = ensure_experiment(client, "pruned-only", tracking_uri=client.tracking_uri, artifact_root=tmp_path)
+    parent = create_parent(
+        client, exp, name="s", experiment_dir=str(tmp_path), tags={}, params={"max_epochs": 3}
+    )
+    trial_run(client, exp, parent, None, "q", 0.7, 2.0, 0.0, "false", "PRUNED", 1)
+    out = subprocess.run(
+        [sys.executable, "-m", "search.promote", "--experiment", "pruned-only", "--tracking-uri",
+         client.tracking_uri, "--objectives", "acc,fid"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert "1 pruned by ASHA" in line and "0 that ran to max_epochs" in line and "--allow-pruned" in line
 
 
 def test_pyfunc_model_rebuilds_the_generator_from_plain_data(experiment):
