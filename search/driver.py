@@ -22,37 +22,137 @@ def _say(text: str) -> None:
     print(f"[search] {text}", flush=True)
 
 
+class SearchFailed(Exception):
+    """The search ran but cannot end well (no trial finished): one line on stderr, exit status 1."""
+
+
 def main(entry: EntryDefaults, argv: list[str] | None = None) -> int:
     # Ray 2.60 turns token auth on for new local clusters; say so explicitly. It must be set before ray is
     # imported (the mode is read once, at import); `ray job submit` passes the cluster's own setting.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # MLflow prints "View run ... at: URL" twice for every run the driver closes (one per trial); the search
+    # prints where its runs are once, at the end.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     args, parser = parse(entry, argv)
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        os.environ[LOOPBACK_ONLY_ENV] = "0"  # a local Ray: before anything imports ray (see start_ray)
     probe = complete(args, parser, entry, cluster_gpus=None)  # bad input fails here, before Ray starts
-    from spaces import SpaceError, load_space
+    args.experiment = probe.experiment  # one name from here on (the default embeds the time): resume names it
+    from spaces import SpaceError
     from trainers.data import DataError
     from trainers.evaluator import EvaluatorError
     from trainers.models.registry import ConfigError
 
     try:
-        if args.space:
-            load_space(probe.space)  # a malformed space file, too
+        check_before_ray(probe, parser)
         return run(entry, args, parser)
     except (SpaceError, DataError, EvaluatorError, ConfigError) as err:
         print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except SearchFailed as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command (same --experiment) to resume", file=sys.stderr)
+        print(
+            f"{parser.prog}: interrupted: rerun the same command with --experiment {args.experiment} to "
+            "resume (finished trials are kept)",
+            file=sys.stderr,
+        )
         return 130
 
 
-def start_ray(address: str | None) -> bool:
-    """Connect to the cluster (--address, or $RAY_ADDRESS under `ray job submit`) or start a local one.
-    Returns True when this process started Ray (and so must shut it down)."""
-    import ray
+SPACE_CHECK_SAMPLES = 200  # what `python -m spaces check` samples: about a second, before Ray's ~10 s start
 
+
+def check_before_ray(opts: Options, parser: argparse.ArgumentParser) -> None:
+    """What can be refused in seconds is refused before Ray starts: the space's sampled configs (a config
+    the trainer rejects would fail every trial, each retried --max-failures times), and the tracking
+    server and Ray cluster addresses (MLflow and Ray retry an unreachable one for minutes)."""
+    from search.options import ray_address_unreachable, redacted, tracking_unreachable
+    from spaces.check import check_file
+
+    if problem := tracking_unreachable(opts.tracking_uri):
+        parser.error(f"--tracking-uri {redacted(opts.tracking_uri)}: {problem}")
+    address = opts.address or os.environ.get("RAY_ADDRESS")
+    if address and (problem := ray_address_unreachable(address)):
+        parser.error(f"{'--address' if opts.address else '$RAY_ADDRESS'} {address}: {problem}")
+    _say(check_file(opts.space, samples=SPACE_CHECK_SAMPLES, seed=opts.seed))  # SpaceError: one line
+
+
+# Ray 2.60 gives a new local node the machine's routable address, even for `_node_ip_address="127.0.0.1"`
+# (worker.py: services.resolve_ip_for_localhost), and its GCS, raylet, workers and agents then listen on all
+# interfaces. With this variable "0" (the macOS and Windows default, read once when ray is imported:
+# ray_constants.ENABLE_RAY_CLUSTER) services.get_node_ip_address answers 127.0.0.1, every gRPC server binds
+# loopback and the agents bind 127.0.0.1 (dashboard/agent.py: is_localhost). It also refuses
+# `ray start --address` joins: right for a cluster that exists for this one search.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_ray(address: str | None) -> bool:
+    """Connect to the cluster (--address, or $RAY_ADDRESS under `ray job submit`) or start a local one
+    that listens on loopback only. Returns True when this process started Ray (and so must shut it down)."""
     target = address or os.environ.get("RAY_ADDRESS") or "local"  # never a stray cluster of another user
-    ray.init(address=target, include_dashboard=False if target == "local" else None, log_to_driver=True)
-    return target == "local"
+    local = target == "local"
+    if local:
+        os.environ[LOOPBACK_ONLY_ENV] = "0"
+        secure_auth_token(create=os.environ.get("RAY_AUTH_MODE", "").lower() == "token")
+    import ray
+    from ray._private import ray_constants
+
+    if local and ray_constants.ENABLE_RAY_CLUSTER:  # ray was imported before this function set the variable
+        raise RuntimeError(f"set {LOOPBACK_ONLY_ENV}=0 before importing ray: a local Ray would listen on all interfaces")
+    ray.init(address=target, include_dashboard=False if local else None, log_to_driver=True)
+    secure_auth_token(create=False)  # a token file Ray wrote itself (0644) is tightened too
+    return local
+
+
+def secure_auth_token(*, create: bool) -> None:
+    """Ray's token file (RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token) readable by its owner only: Ray 2.60
+    writes it with the umask's mode (0644), and whoever reads it can run code on every node of the cluster.
+    With `create`, a missing file is written here, 0600 from the start, with a token like Ray's own."""
+    import secrets
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_TOKEN"):  # the token comes from the environment: no file is read
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    if create and not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process wrote it first: tightened below
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))  # ray/_private/authentication/authentication_token_generator.py
+    if path.is_file() and path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+        _say(f"{path}: made readable by its owner only (it was readable by others)")
+
+
+class CheckedSpace:
+    """The space's define-by-run function, refusing a sampled config the trainer would refuse before any
+    trial runs it: Tune retries every failed trial (no error type is exempt in Ray 2.60,
+    tune/experiment/trial.py: handle_error), and a config error only fails again. Presets are checked when
+    they are loaded."""
+
+    def __init__(self, space):
+        self.space = space
+
+    def __call__(self, trial) -> dict[str, Any]:
+        from search.optuna_bridge import PRESET_ATTR
+        from spaces import SpaceError
+        from spaces.check import check_config
+        from trainers.config import TrainConfig
+
+        config = self.space.define_by_run(trial)
+        if PRESET_ATTR not in trial.user_attrs:
+            try:
+                check_config(self.space, config, trial.number, TrainConfig)
+            except SpaceError as err:
+                detail = str(err).removeprefix(f"{self.space.path}: sample seed {trial.number}: ")
+                raise SpaceError(f"{self.space.path}: Optuna trial {trial.number}: {detail}") from None
+        return config
 
 
 class _PresetProbe:
@@ -108,6 +208,45 @@ def fitting_presets(space, names: tuple[str, ...]) -> tuple[dict[str, dict[str, 
         else:
             fitting[name] = config
     return fitting, notes
+
+
+def auto_gpus_per_trial(opts: Options, space, prepared, resources: dict[str, float]) -> Options:
+    """--gpus-per-trial auto: one probe step of the space's largest configs, on one whole GPU of the cluster
+    (a Ray task), sets the fraction (search/packing.py). Prints what it chose and why."""
+    import dataclasses
+
+    import ray
+
+    from search import packing
+
+    configs = packing.largest_configs(space)
+    meta, data = prepared.evaluator_meta, prepared.data
+    task = ray.remote(num_gpus=1, num_cpus=opts.cpus_per_trial)(packing.probe)
+    measured = ray.get(
+        task.remote(
+            configs,
+            size=data.size,
+            n_classes=data.n_classes,
+            n_images=len(data),
+            judge_width=int(meta.get("width", 64)),  # an official judge (no sidecar) is width 64
+        )
+    )
+    fraction, why = packing.fraction(measured)
+    _say(f"--gpus-per-trial auto: {fraction:g} ({why})")
+    kinds = sorted(k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:"))
+    if len(kinds) > 1:
+        _say(
+            f"note: the cluster mixes GPU types ({', '.join(kinds)}); the fraction was measured on a "
+            f"{measured.gpu}: on smaller GPUs divide their memory by the need above (docs/search.md)"
+        )
+    return dataclasses.replace(opts, gpus_per_trial=fraction)
+
+
+def interrupted(results, num_samples: int) -> bool:
+    """Whether `Tuner.fit` returned because of Ctrl-C: Tune 2.60 catches the first SIGINT, saves the
+    experiment and returns normally (tune/tune.py: experiment_interrupted_event), leaving trials unstarted
+    or unfinished; a search that ran to its end has `num_samples` trials, each terminated or errored."""
+    return len(results) < num_samples or results.num_terminated + results.num_errors < len(results)
 
 
 def trial_dirname(trial) -> str:
@@ -195,7 +334,7 @@ def make_searcher(opts: Options, space, presets):
 
     multi = len(opts.objectives) > 1
     return PresetOptunaSearch(
-        space.define_by_run,
+        CheckedSpace(space),
         metric=list(opts.objectives) if multi else opts.objectives[0],
         mode=list(opts.modes) if multi else opts.modes[0],
         sampler=optuna.samplers.TPESampler(
@@ -208,6 +347,15 @@ def make_searcher(opts: Options, space, presets):
         max_epochs=opts.max_epochs,
         presets=presets,
     )
+
+
+def checkpoint_config():
+    """The latest checkpoint per trial only: it holds the latest full trainer checkpoint (a retry resumes
+    from it) and the best evaluation's generator (search/trial.py), so no second, "best" checkpoint with
+    D and optimizer states is kept. When a trial ends, TrialRunsCallback drops the full checkpoint."""
+    from ray import tune
+
+    return tune.CheckpointConfig(num_to_keep=1)
 
 
 def make_tuner(opts: Options, trainable, *, searcher, callback, concurrency: int):
@@ -238,10 +386,7 @@ def make_tuner(opts: Options, trainable, *, searcher, callback, concurrency: int
             name=opts.experiment,
             storage_path=opts.storage,
             callbacks=[callback],
-            # Best (by acc) and latest checkpoint per trial: bounded disk for any number of trials.
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="acc", checkpoint_score_order="max"
-            ),
+            checkpoint_config=checkpoint_config(),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             progress_reporter=progress_reporter(opts.objectives),
             verbose=1,
@@ -258,6 +403,7 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
 
     from search import report, tracking
     from search.defaults import prepare
+    from search.options import redacted
     from search.trial import TrialSetup, run_trial
     from spaces import load_space
 
@@ -276,8 +422,9 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
         _say(
             f"{opts.experiment}: {opts.budget_name} budget, space {opts.space.name} ({space.summary()}), "
             f"{opts.num_samples} trials <= {opts.max_epochs} epochs, ASHA grace {opts.grace_epochs} rf "
-            f"{opts.reduction_factor}, {concurrency} at once ({opts.cpus_per_trial:g} CPU, "
-            f"{opts.gpus_per_trial:g} GPU each), presets: {', '.join(presets) or 'none'}"
+            f"{opts.reduction_factor}, {'how many at once: measured below' if opts.gpus_auto else concurrency} "
+            f"({opts.cpus_per_trial:g} CPU, {'auto' if opts.gpus_auto else f'{opts.gpus_per_trial:g}'} GPU each), "
+            f"presets: {', '.join(presets) or 'none'}"
         )
         for note in notes:
             _say(note)
@@ -294,6 +441,10 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
             f"data {prepared.data_spec}: {len(data)} images at {data.size}px (fingerprint {data.fingerprint}); "
             f"evaluator {prepared.evaluator_path} ({source} acc {judge_acc:.3f}, the floor applies to it)"
         )
+        if opts.gpus_auto:
+            opts = auto_gpus_per_trial(opts, space, prepared, resources)
+            concurrency = max_concurrent(opts, resources)
+            _say(f"{concurrency} trials at once")
 
         mlflow.set_tracking_uri(opts.tracking_uri)
         client = MlflowClient(opts.tracking_uri)
@@ -329,6 +480,7 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
                 parent_run_id=parent,
                 max_epochs=opts.max_epochs,
                 presets=presets,
+                pruned_generator=opts.pruned_generator,  # kept with the callback when a search resumes
             )
             tuner = make_tuner(
                 opts,
@@ -339,9 +491,12 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
             )
         try:
             results = tuner.fit()
-        except BaseException:
-            client.set_terminated(parent, status="KILLED")  # rerun the same command to resume
+        except BaseException as err:  # Ctrl-C twice (Tune's last snapshot skipped), or a sampled config refused
+            client.set_terminated(parent, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
+        if interrupted(results, opts.num_samples):
+            client.set_terminated(parent, status="KILLED")  # rerun the same command to resume
+            raise KeyboardInterrupt
 
         summary = report.summarize(
             results,
@@ -368,9 +523,16 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
                 log=_say,
             )
             _say(f"promoted: models:/{entry.model_name}@champion (version {version.version})")
+        if summary.best is None:
+            client.set_terminated(parent, status="FAILED")
+            raise SearchFailed(
+                f"no trial of {opts.experiment} can be chosen ({len(results)} trials: {summary.counts['FAIL']} "
+                f"failed, {summary.counts['PRUNED']} pruned, {summary.counts['diverged']} diverged); the "
+                f"errors are in {results.experiment_path}/trial_*/error.txt"
+            )
         client.set_terminated(parent, status="FINISHED")
         _say(f"artifacts: Tune results and checkpoints in {results.experiment_path}")
-        _say(f"artifacts: MLflow runs in {opts.tracking_uri} (experiment {opts.experiment})")
+        _say(f"artifacts: MLflow runs in {redacted(opts.tracking_uri)} (experiment {opts.experiment})")
         _say(f"open the MLflow UI: {tracking.mlflow_ui_command(opts.tracking_uri)}")
         promote_flags = "".join(
             (f" --objectives {','.join(opts.objectives)}" if len(opts.objectives) > 1 else "",
@@ -378,9 +540,9 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
         )  # fmt: skip
         _say(
             f"promote the best: python -m search.promote --experiment {opts.experiment}{promote_flags} "
-            f"--tracking-uri {opts.tracking_uri}"
+            f"--tracking-uri {redacted(opts.tracking_uri)}"
         )
-        return 0 if summary.best is not None else 1
+        return 0
     finally:
         if started:
             ray.shutdown()

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from trainers.cli import int_at_least, non_negative_int, positive_int
 
@@ -73,7 +75,7 @@ class Options:
     max_epochs: int
     grace_epochs: int
     reduction_factor: int
-    gpus_per_trial: float
+    gpus_per_trial: float  # with gpus_auto: 1 until the driver has measured (search/packing.py)
     cpus_per_trial: float
     max_concurrent: int | None
     storage: str
@@ -88,6 +90,8 @@ class Options:
     presets: tuple[str, ...]
     address: str | None
     budget_name: str
+    gpus_auto: bool = False  # --gpus-per-trial auto: the driver sets gpus_per_trial from a probe step
+    pruned_generator: str = "none"  # what an ASHA-stopped trial keeps: none, or its last evaluation's G
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -127,6 +131,10 @@ def _resource(text: str) -> float:
     if 0 < value < 1 and abs(1 / value - round(1 / value)) > 1e-6:
         raise argparse.ArgumentTypeError(f"a fraction must divide 1 evenly (0.5, 0.25, ...), got {text!r}")
     return value
+
+
+def _gpus(text: str) -> float | str:
+    return "auto" if text.strip() == "auto" else _resource(text)
 
 
 def _objectives(text: str) -> tuple[str, ...]:
@@ -191,13 +199,14 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
     a(
         "--evaluator",
         type=Path,
-        help="judge checkpoint (official {'model': sd} or project, with its PATH.json sidecar); default: one "
-        "fitted on the data once and cached under the home",
+        help="judge checkpoint: the official {'model': sd} file, or a project one; without a sidecar of this "
+        "data it is measured on the data first (cached); default: one fitted on the data once, cached under the home",
     )
     a(
         "--evaluator-floor",
         type=float,
-        help="refuse an evaluator whose recorded held-out accuracy is below this (budget cpu/gpu/smoke: "
+        help="refuse an evaluator whose held-out (or, for a given one, measured) accuracy is below this "
+        "(budget cpu/gpu/smoke: "
         f"{cpu.evaluator_floor} / {gpu.evaluator_floor} / {smoke.evaluator_floor})",
     )
     a(
@@ -223,8 +232,9 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
     )
     a(
         "--gpus-per-trial",
-        type=_resource,
-        help="GPUs per trial; a fraction such as 0.25 packs 4 trials on one GPU (default: 0.25 when the "
+        type=_gpus,
+        help="GPUs per trial; a fraction such as 0.25 packs 4 trials on one GPU; 'auto' packs as many as the "
+        "measured memory of one probe step of the space's largest configs allows (default: 0.25 when the "
         "cluster has GPUs, else 0)",
     )
     a(
@@ -268,6 +278,13 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
         "last evaluation); by default only trials that ran to --max-epochs without diverging are chosen",
     )
     a(
+        "--pruned-generator",
+        choices=("none", "last"),
+        help="what a trial ASHA stopped keeps on disk and in MLflow once it ends: none, or the generator of "
+        "its last evaluation (default: last with --allow-pruned, else none; finished trials always keep "
+        "their best evaluation's generator)",
+    )
+    a(
         "--smoke-test",
         action="store_true",
         help="a genuinely small search (tiny data, tiny judge, smoke space): plumbing check in ~1-2 minutes",
@@ -298,6 +315,33 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
     return p
 
 
+def folder_problem(path: Path) -> str | None:
+    """Why Tune could not keep its experiments in the local folder `path` (created here if missing)."""
+    if path.exists() and not path.is_dir():
+        return "exists and is not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"cannot create it: {(err.strerror or str(err)).lower()}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "the folder is not writable"
+    return None
+
+
+def size_problem(size: int, data: str) -> str | None:
+    """Why the trainers or the data cannot work at `size` pixels (checked before Ray starts, not after)."""
+    from trainers.data.digits import DIGIT_SIZES
+    from trainers.data.render import MIN_SIZE
+
+    if size < 8 or size & (size - 1):  # trainers/models/generators.py: n_doublings from 4x4 up
+        return "the generators need a power of two >= 8 (8, 16, 32, 64, 128)"
+    if data == "synthetic" and size < MIN_SIZE:
+        return f"synthetic i-CLEVR is rendered at {MIN_SIZE} pixels or more"
+    if data == "digits" and size not in DIGIT_SIZES:
+        return f"the digits data come at {', '.join(map(str, DIGIT_SIZES))} pixels"
+    return None
+
+
 def _space_path(text: str) -> Path:
     """A path as given, else a file under the installed spaces/ folder ('smoke' or 'smoke.yaml')."""
     path = Path(text).expanduser()
@@ -312,13 +356,95 @@ def _space_path(text: str) -> Path:
     return path.resolve()
 
 
+# MLflow 3.17's tracking stores by URI scheme ("+driver" suffixes such as postgresql+psycopg2 allowed).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
+PROBE_TIMEOUT_S = 5.0  # a reachable server answers a TCP connect in milliseconds; MLflow/Ray retry for minutes
+
+
 def tracking_uri_or_default(text: str | None, home: Path) -> str:
-    """HOME's SQLite store by default; a bare path to a .db file becomes an absolute sqlite:/// URI."""
+    """HOME's SQLite store by default; a bare path to a .db file becomes an absolute sqlite:/// URI.
+
+    A user:password inside an http(s) URI moves to MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (where
+    MLflow's REST client reads them) and the URI returned has none: MLflow prints the URI it is given in its
+    "View run ... at" lines, Tune pickles it with the experiment, and the search prints it in its own lines."""
     if text is None:
         return f"sqlite:///{home / 'mlflow.db'}"
     if "://" in text:
-        return text
+        return _credentials_to_env(text)
     return f"sqlite:///{Path(text).expanduser().resolve()}" if text.endswith(".db") else text
+
+
+def _credentials_to_env(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
+    if password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+    return urlunsplit(parts._replace(netloc=host))
+
+
+def redacted(uri: str) -> str:
+    """The URI to show: a password kept inside it (postgresql://user:pw@host/db needs it there) as ***."""
+    parts = urlsplit(uri) if "://" in uri else None
+    if parts is None or parts.password is None:
+        return uri
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
+
+
+def tracking_scheme_problem(uri: str) -> str | None:
+    """Why MLflow cannot use `uri` as a tracking store, judged from its scheme alone (no I/O)."""
+    if "://" not in uri:
+        return None
+    scheme = urlsplit(uri).scheme.split("+", 1)[0]
+    if scheme in TRACKING_SCHEMES:
+        return None
+    return (
+        f"unsupported scheme {scheme!r} (MLflow tracks to http(s)://host:port of a tracking server, "
+        "sqlite:////abs/mlflow.db, postgresql://..., mysql://... or file:///abs/folder)"
+    )
+
+
+def unreachable(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why nothing accepts a TCP connection at host:port, or None when something does."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as err:
+        return (err.strerror or str(err)).lower()
+
+
+def tracking_unreachable(uri: str) -> str | None:
+    """For an http(s) tracking URI: why its server cannot be reached (None for stores on disk)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return f"{parts.netloc!r} has no valid port"
+    if not parts.hostname:
+        return "no host in it"
+    why = unreachable(parts.hostname, port)
+    return None if why is None else f"no MLflow server reachable at {parts.hostname}:{port} ({why})"
+
+
+def ray_address_unreachable(address: str) -> str | None:
+    """For a Ray address (host:port or ray://host:port; 'auto' and 'local' are not probed): why nothing
+    answers there, or None."""
+    if address in ("auto", "local"):
+        return None
+    text = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = text.rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        return "expected host:port (the head's GCS, e.g. 127.0.0.1:6379) or ray://host:port"
+    why = unreachable(host.strip("[]"), int(port))
+    return None if why is None else f"no Ray cluster reachable at {host}:{port} ({why})"
 
 
 def relative_store(uri: str) -> bool:
@@ -363,15 +489,28 @@ def complete(
                 f"--storage {storage}: must be an absolute path or a URI (trials run in other directories)"
             )
         storage = str(Path(storage).expanduser())
+        if problem := folder_problem(Path(storage)):
+            parser.error(f"--storage {storage}: {problem}")
     data = args.data
     if data not in ("synthetic", "digits"):
         path = Path(data).expanduser()
         if not path.exists():
             parser.error(f"--data {data}: no such folder or file (or use 'synthetic' / 'digits')")
         data = str(path.resolve())
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if cluster_gpus else 0.0)
+    auto = args.gpus_per_trial == "auto"
+    if auto and cluster_gpus is not None and cluster_gpus <= 0:
+        parser.error(
+            "--gpus-per-trial auto: the Ray cluster has no GPU to measure a probe step on "
+            "(give a number, e.g. 0 for CPU trials)"
+        )
+    if auto:
+        gpus = 1.0  # one trial per GPU until the driver's probe has measured (search/packing.py)
+    else:
+        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if cluster_gpus else 0.0)
     if gpus > 0 and cluster_gpus is not None and cluster_gpus <= 0:
         parser.error(f"--gpus-per-trial {gpus:g}: the Ray cluster has no GPU")
+    if problem := size_problem(args.size or budget.size, data):
+        parser.error(f"--size {args.size or budget.size}: {problem}")
     if gpus > 1 and gpus != int(gpus):
         parser.error(f"--gpus-per-trial {gpus:g}: more than one GPU must be a whole number")
     if args.cpus_per_trial <= 0:
@@ -381,6 +520,8 @@ def complete(
     if grace > max_epochs:
         parser.error(f"--grace-epochs {grace} is more than --max-epochs {max_epochs}")
     tracking = tracking_uri_or_default(args.tracking_uri, home)
+    if problem := tracking_scheme_problem(tracking):
+        parser.error(f"--tracking-uri {redacted(tracking)}: {problem}")
     if relative_store(tracking):
         parser.error(
             f"--tracking-uri {tracking}: a relative path; use an absolute one (sqlite:////abs/mlflow.db)"
@@ -417,4 +558,6 @@ def complete(
         presets=budget.presets if args.presets is None else args.presets,
         address=args.address,
         budget_name=budget_name,
+        gpus_auto=auto,
+        pruned_generator=args.pruned_generator or ("last" if args.allow_pruned else "none"),
     )

@@ -5,6 +5,7 @@ budget's judge is a measured recipe, `--gpus-per-trial auto` refuses a cluster w
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,84 @@ def test_gpu_budget_judge_is_the_measured_recipe():
     fit = FitConfig(**dict(gpu.evaluator_fit))
     assert (gpu.scenes, gpu.size, gpu.evaluator_floor) == (10000, 64, 0.9)
     assert (fit.width, fit.epochs, fit.lr) == (32, 16, 2e-3)
+
+
+# --- --gpus-per-trial auto ---------------------------------------------------------------------------------
+
+
+def test_gpus_per_trial_auto_refuses_a_cluster_without_gpus(capsys):
+    from search.clevr import CLEVR
+    from search.options import complete, parse
+
+    args, parser = parse(CLEVR, ["--gpus-per-trial", "auto"])
+    assert complete(
+        args, parser, CLEVR, cluster_gpus=None
+    ).gpus_auto  # before Ray: accepted, not yet measured
+    with pytest.raises(SystemExit) as exit_:
+        complete(args, parser, CLEVR, cluster_gpus=0)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--gpus-per-trial auto: the Ray cluster has no GPU" in err
+
+
+def test_largest_configs_cover_every_loss_arch_and_d_norm_at_the_largest_sizes():
+    from search.packing import largest_configs
+    from spaces import load_space
+
+    space = load_space(ROOT / "spaces" / "clevr.yaml")
+    configs = largest_configs(space)
+    samples = [space.sample(seed) for seed in range(300)]
+    # Every (loss, arch, d_norm) that sampling reaches is probed, each at the space's largest sizes.
+    assert {(s["loss"], s["arch"], s["d_norm"]) for s in samples} <= {
+        (c["loss"], c["arch"], c["d_norm"]) for c in configs
+    }
+    for key in ("width", "batch_size", "z_dim"):
+        assert {c[key] for c in configs} == {max(s[key] for s in samples)}
+    assert all(TrainConfig.from_dict(c).ema > 0 for c in configs)
+
+
+def test_fraction_divides_the_gpu_by_the_measured_need():
+    from search.options import _resource
+    from search.packing import MARGIN, Probe, fraction, need_per_trial
+
+    gib = 2**30
+    probe = Probe("H200", 140 * gib, gib // 2, 20 * gib, {"arch": "resnet"}, gib // 2, 31, 12.0)
+    assert need_per_trial(probe) == MARGIN * 20 * gib + gib
+    share, why = fraction(probe)
+    assert share == 1 / 5 and _resource(str(share)) == share  # 140 // 26 = 5 trials; a fraction Ray accepts
+    assert "5 trial(s) per GPU" in why and "H200" in why
+    share, why = fraction(Probe("T4", 16 * gib, gib // 2, 20 * gib, {}, gib, 31, 1.0))
+    assert share == 1.0 and "may not fit" in why
+
+
+# --- bench/gpu.py on the CPU --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gpu_bench_runs_at_toy_sizes_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.gpu",
+        "--device",
+        "cpu",
+        "--tiny",
+        "--out",
+        str(out),
+        "--budget",
+        "240",
+    ]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    res = json.loads(out.read_text())
+    assert res["forbidden_imports"] == []  # the GPU machine has no ray, optuna or mlflow
+    c = res["correctness"]
+    assert c["status"] == "ok" and c["stepped"] == c["combinations"] > 0 and c["failures"] == []
+    assert c["judge_random_weights"]["identical"]
+    assert {r["preset"] for r in res["speed"]["rows"]} == {"dcgan_bce", "sagan_wgan_gp"}
+    assert all(r["images_per_s"] > 0 for r in res["speed"]["rows"])
+    assert [r["trials"] for r in res["packing"]["rows"]] == [1, 2]
+    assert res["auto"]["probe_configs"] > 0
+    q = res["search"]
+    assert q["status"] == "ok" and len(q["rows"]) == 5 and q["judge_trained"]["identical"]
+    assert "not a GPU figure" in out.with_suffix(".md").read_text()
