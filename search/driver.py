@@ -100,7 +100,9 @@ def start_ray(address: str | None) -> bool:
     from ray._private import ray_constants
 
     if local and ray_constants.ENABLE_RAY_CLUSTER:  # ray was imported before this function set the variable
-        raise RuntimeError(f"set {LOOPBACK_ONLY_ENV}=0 before importing ray: a local Ray would listen on all interfaces")
+        raise RuntimeError(
+            f"set {LOOPBACK_ONLY_ENV}=0 before importing ray: a local Ray would listen on all interfaces"
+        )
     ray.init(address=target, include_dashboard=False if local else None, log_to_driver=True)
     secure_auth_token(create=False)  # a token file Ray wrote itself (0644) is tightened too
     return local
@@ -123,8 +125,8 @@ def secure_auth_token(*, create: bool) -> None:
         except FileExistsError:  # another process wrote it first: tightened below
             pass
         else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))  # ray/_private/authentication/authentication_token_generator.py
+            with os.fdopen(fd, "w") as f:  # a token as ray/_private/authentication/ makes one
+                f.write(secrets.token_hex(32))
     if path.is_file() and path.stat().st_mode & 0o077:
         path.chmod(0o600)
         _say(f"{path}: made readable by its owner only (it was readable by others)")
@@ -491,7 +493,7 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
             )
         try:
             results = tuner.fit()
-        except BaseException as err:  # Ctrl-C twice (Tune's last snapshot skipped), or a sampled config refused
+        except BaseException as err:  # Ctrl-C twice (Tune's last snapshot skipped), a sampled config refused
             client.set_terminated(parent, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
         if interrupted(results, opts.num_samples):

@@ -358,7 +358,7 @@ def _space_path(text: str) -> Path:
 
 # MLflow 3.17's tracking stores by URI scheme ("+driver" suffixes such as postgresql+psycopg2 allowed).
 TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
-PROBE_TIMEOUT_S = 5.0  # a reachable server answers a TCP connect in milliseconds; MLflow/Ray retry for minutes
+PROBE_TIMEOUT_S = 5.0  # a live server accepts a TCP connect in milliseconds; MLflow and Ray retry for minutes
 
 
 def tracking_uri_or_default(text: str | None, home: Path) -> str:

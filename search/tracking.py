@@ -9,12 +9,15 @@ their checkpoints into grid and checkpoint artifacts. A local SQLite store there
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
+import os
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from search.optuna_bridge import trial_state
-from search.trial import scratch_dir
+from search.trial import CHECKPOINT_NAME, GENERATOR_NAME, REPORT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,8 @@ ROLE_TAG = "search.role"  # "search" (the parent) or "trial"
 DIR_TAG = "search.experiment_dir"  # where Tune keeps the experiment: finds the parent again on resume
 TRIAL_TAG = "ray.trial_id"
 STATE_TAG = "optuna.state"  # COMPLETE / PRUNED / FAIL, as told to Optuna
-CHECKPOINT_FILE_SUFFIXES = (".pt", ".pth", ".json")
+CHECKPOINT_ARTIFACT = "checkpoint"  # the trial run's artifact folder search.promote reads
+PRUNED_GENERATOR = ("none", "last")  # what a trial ASHA stopped keeps: nothing, or its last evaluation's G
 _NOT_METRICS = set(AUTO_RESULT_KEYS) - {"time_total_s"} | {
     "done",
     "trial_id",
@@ -160,7 +164,11 @@ class TrialRunsCallback(Callback):
         parent_run_id: str,
         max_epochs: int,
         presets: Mapping[str, Mapping[str, Any]] | None = None,
+        pruned_generator: str = "none",
     ):
+        if pruned_generator not in PRUNED_GENERATOR:
+            raise ValueError(f"pruned_generator {pruned_generator!r}: expected one of {PRUNED_GENERATOR}")
+        self.pruned_generator = pruned_generator
         self.tracking_uri = tracking_uri
         self.presets = {name: dict(c) for name, c in (presets or {}).items()}
         self.experiment_id = experiment_id
@@ -255,7 +263,10 @@ class TrialRunsCallback(Callback):
         self._finish(trial, error=True)
 
     def _finish(self, trial, *, error: bool) -> None:
-        """Tag the Optuna state, log the final checkpoint, close the run."""
+        """Tag the Optuna state, keep the trial's generator (once, in MLflow too), close the run.
+
+        A trial that errored (retries exhausted) keeps its full checkpoint: `Tuner.restore(...,
+        resume_errored=True)` retries it from there. Its scratch folder is the trial's own business."""
         run_id = self.run_id(trial)
         result = trial.last_result or {}
         state = trial_state(result, error=error, max_epochs=self.max_epochs)
@@ -263,27 +274,88 @@ class TrialRunsCallback(Callback):
             RunTag(STATE_TAG, state),
             RunTag("search.diverged", str(bool(result.get("diverged"))).lower()),
         ]
-        self.client.log_batch(run_id, tags=tags)
         checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                for f in _checkpoint_files(Path(folder)):
-                    self.client.log_artifact(run_id, str(f), artifact_path="checkpoint")
+        if checkpoint is not None and not error:
+            keep = self.pruned_generator if state == "PRUNED" else "best"
+            with tempfile.TemporaryDirectory(prefix="cgan-generator-") as tmp:
+                kept = keep_generator(checkpoint, keep=keep, local=Path(tmp))
+                for f in kept:
+                    self.client.log_artifact(run_id, str(f), artifact_path=CHECKPOINT_ARTIFACT)
+                report = json.loads(kept[-1].read_text()) if kept else {}
+            generator_epoch = report.get("best_epoch") if keep == "best" else report.get("epoch")
+            if kept and generator_epoch is not None:
+                tags.append(RunTag("search.generator_epoch", str(generator_epoch)))
+            drop_full_checkpoint(checkpoint)  # after MLflow has the generator: a failed upload loses nothing
+        self.client.log_batch(run_id, tags=tags)
         status = RunStatus.to_string(RunStatus.FAILED if error else RunStatus.FINISHED)
         self.client.set_terminated(run_id, status=status)
-        _remove_scratch(trial.experiment_dir_name, trial.trial_id)
 
 
-def _remove_scratch(experiment: str, trial_id: str) -> None:
-    """A trial stopped by ASHA is killed and cannot clean up its scratch folder (local runs only)."""
-    shutil.rmtree(scratch_dir(experiment, trial_id), ignore_errors=True)
+def keep_generator(checkpoint, *, keep: str, local: Path) -> list[Path]:
+    """Make the ended trial's Tune checkpoint hold the generator it keeps, and copy what MLflow receives
+    into `local`: [generator.pt, report.json], or [] when it keeps none.
+
+    keep "best": the best evaluation's generator, already in the folder (search/trial.py). "last": the
+    generator of the latest evaluation, slimmed from the full checkpoint (trainers.checkpoint, the one
+    helper for "EMA weights else G"). "none": the generator file is deleted. Works on any Tune storage
+    (pyarrow filesystem): only the small files travel, plus the full checkpoint for "last" on remote storage."""
+    from pyarrow import fs as pafs
+
+    from trainers.checkpoint import save_generator
+
+    filesystem, root = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    generator = f"{root}/{GENERATOR_NAME}"
+    if keep == "none":
+        if _exists(filesystem, generator):
+            filesystem.delete_file(generator)
+        return []
+    if keep == "last":
+        full = f"{root}/{CHECKPOINT_NAME}"
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            save_generator(full, generator)
+        else:
+            _download(filesystem, full, local / CHECKPOINT_NAME)
+            save_generator(local / CHECKPOINT_NAME, local / GENERATOR_NAME)
+            (local / CHECKPOINT_NAME).unlink()
+            _upload(filesystem, local / GENERATOR_NAME, generator)
+    if not _exists(filesystem, generator):
+        return []  # no evaluation ever improved (no acc): nothing to keep
+    out = []
+    for name in (GENERATOR_NAME, REPORT_NAME):
+        if not (local / name).is_file():
+            _download(filesystem, f"{root}/{name}", local / name)
+        out.append(local / name)
+    return out
 
 
-def _checkpoint_files(folder: Path) -> Iterable[Path]:
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix in CHECKPOINT_FILE_SUFFIXES)
+def drop_full_checkpoint(checkpoint) -> None:
+    """Delete the trainer checkpoint (G, D, optimizer states) from an ended trial's Tune checkpoint."""
+    path = f"{checkpoint.path.rstrip('/')}/{CHECKPOINT_NAME}"
+    if _exists(checkpoint.filesystem, path):
+        checkpoint.filesystem.delete_file(path)
+
+
+def _exists(filesystem, path: str) -> bool:
+    from pyarrow import fs as pafs
+
+    return filesystem.get_file_info(path).type == pafs.FileType.File
+
+
+def _download(filesystem, path: str, local: Path) -> None:
+    with filesystem.open_input_stream(path) as src, local.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _upload(filesystem, local: Path, path: str) -> None:
+    with local.open("rb") as src, filesystem.open_output_stream(path) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:
+    """What to run to see the runs; a password in the URI (a database store keeps it there) shows as ***."""
+    from search.options import redacted
+
     if is_server(tracking_uri):
-        return f"open {tracking_uri} in a browser"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        return f"open {redacted(tracking_uri)} in a browser" + (f" (log in as {user})" if user else "")
+    return f"mlflow ui --backend-store-uri {redacted(tracking_uri)}"

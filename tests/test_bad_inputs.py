@@ -98,7 +98,7 @@ def _run(row: Row, world: World, tmp: Path) -> subprocess.CompletedProcess:
             while proc.poll() is None and time.monotonic() < deadline:
                 spawned.update(children_of(proc.pid))
                 if row.interrupt_on and not interrupted and row.interrupt_on in out_path.read_text():
-                    proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver (a terminal sends it to all)
+                    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: a terminal signals its whole process group
                     interrupted = True
                 time.sleep(0.2)
             if proc.poll() is None:
@@ -190,20 +190,147 @@ def world(tmp_path_factory) -> World:
 # ---------------------------------------------------------------- rows: search entry scripts (search/*.py)
 
 SEARCH = "search/clevr.py"
+SMOKE_SPACE = ROOT / "spaces" / "smoke.yaml"
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+def space_file(name: str, edit: Callable[[list[str]], list[str]]) -> Callable[[Path], None]:
+    """A `setup` writing {tmp}/name: the smoke space's lines after `edit`. It parses, but what it samples
+    is not a valid trainer config."""
+
+    def setup(tmp: Path) -> None:
+        (tmp / name).write_text("\n".join(edit(SMOKE_SPACE.read_text().splitlines())) + "\n")
+
+    return setup
+
+
+def _set(key: str, value: str) -> Callable[[list[str]], list[str]]:
+    return lambda lines: [f"  {key}: {value}" if line.startswith(f"  {key}:") else line for line in lines]
+
+
+def _drop(*keys: str) -> Callable[[list[str]], list[str]]:
+    return lambda lines: [line for line in lines if not line.startswith(tuple(f"  {k}:" for k in keys))]
+
+
+def _add(key: str, value: str) -> Callable[[list[str]], list[str]]:
+    return lambda lines: [*lines, f"  {key}: {value}"]
+
+
+def _parent_killed(world: World, tmp: Path, out: subprocess.CompletedProcess) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(world.tracking_uri)
+    exp = client.get_experiment_by_name("badinput-ctrlc")
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.`search.role` = 'search'")
+    assert [r.info.status for r in parents] == ["KILLED"]
+    assert "promote the best" not in out.stdout
 
 
 ROWS: list[Row] = [
+    # --- search entry scripts: refused by argparse / options.complete, before anything heavy
     Row(
         "search-reduction-factor-1",
         [SEARCH, "--smoke-test", "--reduction-factor", "1"],
         2,
-        "--reduction-factor",
+        "--reduction-factor: expected an integer >= 2, got '1'",
     ),
     Row(
         "search-experiment-too-long",
         [SEARCH, "--smoke-test", "--experiment", "x" * 300],
         2,
         "300 characters long: at most 100",
+    ),
+    Row(
+        "search-size-not-a-power-of-two",
+        [SEARCH, "--smoke-test", "--size", "13"],
+        2,
+        "--size 13: the generators need a power of two",
+        within=30,
+    ),
+    Row(
+        "search-size-below-the-renderer",
+        [SEARCH, "--smoke-test", "--size", "8", "--experiment", "earlier"],  # the earlier search's own name
+        2,
+        "--size 8: synthetic i-CLEVR is rendered at 16 pixels or more",
+        within=30,
+    ),
+    Row(
+        "search-storage-in-proc",
+        [SEARCH, "--smoke-test", "--storage", "/proc/x"],
+        2,
+        "--storage /proc/x: cannot create it",
+    ),
+    Row(
+        "search-storage-is-a-file",
+        [SEARCH, "--smoke-test", "--storage", "{tmp}/a-file"],
+        2,
+        "/a-file: exists and is not a folder",
+        setup=lambda tmp: (tmp / "a-file").write_text("not a folder\n"),
+    ),
+    Row(
+        "search-tracking-uri-ftp",
+        [SEARCH, "--smoke-test", "--tracking-uri", "ftp://example.com/mlflow"],
+        2,
+        "--tracking-uri ftp://example.com/mlflow: unsupported scheme 'ftp'",
+    ),
+    # --- search: refused before Ray starts (reachability probes, the space's sampled configs)
+    Row(
+        "search-tracking-server-unreachable",
+        [SEARCH, "--smoke-test", "--tracking-uri", UNREACHABLE],
+        2,
+        f"--tracking-uri {UNREACHABLE}: no MLflow server reachable at 127.0.0.1:9",
+        within=30,
+    ),
+    Row(
+        "search-ray-address-unreachable",
+        [SEARCH, "--smoke-test", "--address", "127.0.0.1:9"],
+        2,
+        "--address 127.0.0.1:9: no Ray cluster reachable at 127.0.0.1:9",
+        within=30,
+    ),
+    Row(
+        "search-space-n-critic-0",
+        [SEARCH, "--smoke-test", "--space", "{tmp}/n_critic0.yaml"],
+        2,
+        "n_critic0.yaml: sample seed 0: TrainConfig rejected it: n_critic = 0 is out of range",
+        setup=space_file("n_critic0.yaml", _set("n_critic", "0")),
+        within=30,
+    ),
+    Row(
+        "search-space-unknown-key",
+        [SEARCH, "--smoke-test", "--space", "{tmp}/unknown.yaml"],
+        2,
+        "key 'n_critics' (value 5) is not a TrainConfig field",
+        setup=space_file("unknown.yaml", _add("n_critics", "5")),
+        within=30,
+    ),
+    Row(
+        "search-space-missing-key",
+        [SEARCH, "--smoke-test", "--space", "{tmp}/missing.yaml"],
+        2,
+        "missing required config key(s): d_cond",
+        setup=space_file("missing.yaml", _drop("d_cond", "embed_dim")),
+        within=30,
+    ),
+    # --- search: Ctrl-C once a trial has reported. Exit 130, the resume hint last, the parent run KILLED.
+    Row(
+        "search-ctrl-c",
+        [SEARCH, "--smoke-test", "--num-samples", "3", "--max-epochs", "2", "--experiment", "badinput-ctrlc"],
+        130,
+        "interrupted: rerun the same command with --experiment badinput-ctrlc to resume",
+        interrupt_on="Checkpoint successfully created",
+        lone=False,  # Ray and Tune log on stderr before the search ends
+        check=_parent_killed,
+        slow=True,
+        within=240,
+    ),
+    # --- search.promote
+    Row(
+        "promote-tracking-server-unreachable",
+        ["-m", "search.promote", "--experiment", "earlier", "--tracking-uri", UNREACHABLE],
+        2,
+        f"--tracking-uri {UNREACHABLE}: no MLflow server reachable at 127.0.0.1:9",
+        within=30,
     ),
 ]
 
