@@ -114,12 +114,12 @@ def trial_rows(client, experiment_id: str) -> list[dict[str, Any]]:
         metrics = run.data.metrics
         rows.append(
             {
+                **{k: float(v) for k, v in metrics.items()},  # first: the tags below win over a metric
                 "trial_id": run.data.tags.get(TRIAL_TAG, run.info.run_id),
                 "state": run.data.tags.get(STATE_TAG, ""),
                 "epochs": int(metrics.get("epoch", 0)),
                 "diverged": run.data.tags.get("search.diverged") == "true",
                 "max_epochs": max_epochs[parent],
-                **{k: float(v) for k, v in metrics.items()},
                 "_run": run,
             }
         )
