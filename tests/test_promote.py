@@ -195,6 +195,24 @@ def test_nothing_to_promote_is_one_line_and_exit_2(tmp_path):
     assert "no MLflow experiment named 'nope'" in out.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--objectives", "fid"], "--objectives: expected 'acc' or 'acc,fid', got 'fid'"),
+        (["--fid-slack", "-1"], "--fid-slack: expected a number >= 0"),
+        (["--fid-slack", "nan"], "--fid-slack: expected a number >= 0"),
+        (["--metric", "acc", "--objectives", "acc,fid"], "--metric acc with --objectives acc,fid"),
+    ],
+)
+def test_bad_selection_flags_are_one_line_and_exit_2(args, message, capsys):
+    from search.promote import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--experiment", "x", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
 def test_unknown_experiment_raises(experiment):
     client, _ = experiment
     with pytest.raises(PromoteError, match="no MLflow experiment"):

@@ -135,10 +135,15 @@ def champion(smoke):
 
 def test_promote_registers_a_version_with_alias_champion(smoke, champion):
     version = smoke.client.get_model_version_by_alias("clevr-cgan", "champion")
-    best = max(
-        (r for r in smoke.children if r.data.tags.get("search.diverged") != "true"),
-        key=lambda r: r.data.metrics["acc"],
-    )
+    max_epochs = float(smoke.parents[0].data.params["max_epochs"])
+    finished = [  # ran to max_epochs without diverging: a pruned trial is never promoted by default
+        r
+        for r in smoke.children
+        if r.data.tags["optuna.state"] == "COMPLETE"
+        and r.data.tags.get("search.diverged") != "true"
+        and r.data.metrics["epoch"] == max_epochs
+    ]
+    best = max(finished, key=lambda r: r.data.metrics["acc"])
     assert version.tags["trial_run_id"] == best.info.run_id
     sampled = smoke.trials[best.data.tags["ray.trial_id"]][-1]["config"]
     registered = json.loads(version.tags["config"])  # the full TrainConfig: sampled values + defaults
