@@ -14,6 +14,7 @@ keeps per trial once the trial has ended, what MLflow receives, and what the pyf
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 import warnings
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers.config import TrainConfig
+from trainers.config import ConfigError, TrainConfig
 from trainers.models import Generator, build_generator
 from trainers.step import GAN
 
@@ -142,12 +143,57 @@ def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
     """A trainer checkpoint. Its config gets the defaults of keys added since it was saved (each new key's
     default is the old behaviour, e.g. flip off), so older checkpoints resume and load. `mmap` reads tensors
     only when touched: slimming a 400 MiB checkpoint to its generator reads the generator's bytes alone."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=mmap)
+    state = _torch_load(path, mmap=mmap)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a trainer checkpoint (format {FORMAT})")
+        raise CheckpointError(f"{path}: {_what_instead(state)}")
     if "config" in state:
-        state["config"] = _with_defaults(state["config"])
+        try:
+            state["config"] = _with_defaults(state["config"])
+        except (ConfigError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{path}: its config is not valid for this code: {err}") from None
     return state
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable trainer checkpoint. str(err) is one line naming the file."""
+
+
+def _torch_load(path: str | os.PathLike, *, mmap: bool) -> Any:
+    """torch.load with every way a file can fail to be one turned into a one-line CheckpointError."""
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint file not found") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file (e.g. RUN/last.pt)") from None
+    except PermissionError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects, not a trainer checkpoint (plain tensors and numbers, "
+                "loaded with the safe weights-only loader)"
+            ) from None
+        raise CheckpointError(f"{path}: not a torch file (corrupt, or not written by torch.save)") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        # torch reports a truncated zip as RuntimeError("PytorchStreamReader failed ..."), an empty file as EOF
+        kind = "truncated or corrupt" if "zip" in str(err).lower() or isinstance(err, EOFError) else "corrupt"
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({kind})") from None
+
+
+def _what_instead(state: Any) -> str:
+    """What a torch file that is not a trainer checkpoint holds, so the refusal says what was given."""
+    if is_generator_file(state):
+        return "a generator file (sampling weights only), not a full trainer checkpoint"
+    if isinstance(state, dict) and "model" in state and "format" not in state:
+        return 'an evaluator checkpoint ({"model": state_dict}), not a trainer checkpoint'
+    if isinstance(state, dict) and "format" in state:
+        return f"checkpoint format {state['format']!r}, this code reads format {FORMAT}"
+    if isinstance(state, dict):
+        kind = f"a dict with keys {', '.join(map(repr, list(state)[:5]))}"
+    else:
+        kind = f"a {type(state).__name__}"
+    return f"{kind}, not a trainer checkpoint (trainers.train writes RUN/last.pt and RUN/best.pt)"
 
 
 def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:

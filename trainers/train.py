@@ -30,8 +30,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainers.checkpoint import load_checkpoint, make_checkpoint, restore, save_checkpoint
-from trainers.cli import positive_int, run_command
+from trainers.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    make_checkpoint,
+    restore,
+    save_checkpoint,
+)
+from trainers.cli import (
+    OneLineParser,
+    output_folder,
+    positive_int,
+    power_of_two_size,
+    run_command,
+    seed_int,
+)
+from trainers.cli import device as device_arg
 from trainers.config import ConfigError, TrainConfig, load_preset, preset_names
 from trainers.step import GAN, Diverged, build_gan, train_step
 
@@ -254,8 +268,11 @@ def _check_resumable(state: Mapping[str, Any], config: TrainConfig, info: Mappin
     saved = state["config"]
     diff = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v and k != "compile")
     if diff:
+        shown = ", ".join(f"{k} {saved.get(k)!r} there, {getattr(config, k)!r} here" for k in diff[:4])
+        more = f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""
         raise ConfigError(
-            f"{path}: checkpoint config differs in {', '.join(diff)}; resume needs the same config"
+            f"{path}: checkpoint config differs in {', '.join(diff)} ({shown}{more}); "
+            "resume needs the same config (the same --preset and --set)"
         )
     for key in ("image_size", "n_classes"):
         if state["data"][key] != info[key]:
@@ -280,25 +297,35 @@ def _progress(*, total: int, enabled: bool):
 
 # --- Command line -----------------------------------------------------------------------------------
 
+# What --resume reads from a checkpoint besides the weights; a file missing one cannot continue a run.
+RESUME_KEYS = ("config", "data", "G", "D", "G_ema", "opt_g", "opt_d", "step", "epoch", "rng", "best_acc")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainers.train", description="Train one cGAN preset.")
+    p = OneLineParser(prog="python -m trainers.train", description="Train one cGAN preset.")
     p.add_argument("--preset", required=True, help=f"one of: {', '.join(preset_names())}")
     p.add_argument("--data", required=True, help="'digits', a packed .parquet, or a folder in i-CLEVR layout")
     p.add_argument(
         "--epochs", type=positive_int, required=True, help="total epochs (with --resume: up to this many)"
     )
-    p.add_argument("--size", type=positive_int, default=64, help="training resolution (default 64)")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default data/runs/PRESET)")
+    p.add_argument(
+        "--size", type=power_of_two_size, default=64, help="training resolution, a power of two (default 64)"
+    )
+    p.add_argument(
+        "--out",
+        type=output_folder,
+        default=None,
+        help="run folder (default data/runs/PRESET); one holding a run is refused unless --resume continues it",
+    )
     p.add_argument(
         "--evaluator", type=Path, default=None, help="evaluator checkpoint (default: the data's own)"
     )
     p.add_argument(
         "--eval-every", type=positive_int, default=1, help="epochs between evaluations (default 1)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help="0 .. 2**32 - 1 (default 0)")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from (e.g. RUN/last.pt)")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--device", type=device_arg, default=None, help="default: cuda when available, else cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
     p.add_argument(
         "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)"
@@ -318,16 +345,59 @@ def _default_evaluator(data: str) -> Path | None:
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The preset with each --set KEY=VALUE applied (VALUE read as YAML: 2e-4, true, 'channel+acgan');
+    a bad item is one ConfigError naming it."""
     import yaml
 
     config = load_preset(args.preset)
     changes: dict[str, Any] = {"compile": True} if args.compile else {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        changes[key.strip()] = yaml.safe_load(value)
-    return config.replace(**changes) if changes else config
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set width=32")
+        try:
+            changes[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
+    if not changes:
+        return config
+    try:
+        return config.replace(**changes)
+    except ConfigError as err:
+        items = " ".join(f"--set {i}" for i in args.set)
+        raise ConfigError(f"{items}: {err}") from None
+
+
+def _resume_state(args: argparse.Namespace, config: TrainConfig, out: Path) -> dict[str, Any]:
+    """The --resume checkpoint, checked against everything known before the data loads (a refusal then
+    costs seconds, not a pack build)."""
+    state = load_checkpoint(args.resume, mmap=True)
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise ConfigError(f"{args.resume}: cannot resume from it, it lacks {', '.join(missing)}")
+    _check_resumable(state, config, {**state["data"], "image_size": args.size}, args.resume)
+    if int(state["epoch"]) > args.epochs:
+        raise ConfigError(
+            f"{args.resume} is at epoch {state['epoch']}, past --epochs {args.epochs} "
+            "(--epochs is the total to train up to, not the number of extra epochs)"
+        )
+    return state
+
+
+def _check_out(out: Path, resume: Path | None) -> None:
+    """A fresh run never overwrites another run's checkpoints; --resume of a checkpoint inside `out`
+    continues that run, which is the one case where they are meant to be replaced."""
+    held = [name for name in ("last.pt", "best.pt") if (out / name).exists()]
+    if not held:
+        return
+    if resume is not None and resume.resolve().parent == out.resolve():
+        return
+    raise ConfigError(
+        f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume {out / held[0]}, "
+        "or give another --out"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,20 +410,26 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         config = _config_from_args(args)
+        out = args.out or Path("data") / "runs" / args.preset
+        _check_out(out, args.resume)
+        state = _resume_state(args, config, out) if args.resume is not None else None
         ds = load_dataset(args.data, size=args.size, progress=True)
+        if state is not None:
+            _check_resumable(state, config, {"image_size": ds.size, "n_classes": ds.n_classes}, args.resume)
+            del state  # train() reads the file again; the weights need not stay mapped meanwhile
         root = Path(args.data) if Path(args.data).is_dir() else None
+        conditions = conditions_for(ds, root)
         ev_path = args.evaluator or _default_evaluator(args.data)
         evaluator = Evaluator.load(ev_path, device=args.device) if ev_path else None
         if evaluator is None:
             print("note: no evaluator found (--evaluator): training without metrics", file=sys.stderr)
-        out = args.out or Path("data") / "runs" / args.preset
         result = train(
             config,
             ds,
             epochs=args.epochs,
             out_dir=out,
             evaluator=evaluator,
-            conditions=conditions_for(ds, root),
+            conditions=conditions,
             resume=args.resume,
             eval_every=args.eval_every,
             device=args.device,
@@ -366,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done: {result['epoch']} epochs, {result['step']} steps; checkpoints in {out}")
 
     # A diverged run is the recipe's failure, not the user's: its own exit code (3).
-    return run_command(body, (ConfigError, DataError, EvaluatorError, Diverged), exit_codes={Diverged: 3})
+    return run_command(
+        body, (ConfigError, CheckpointError, DataError, EvaluatorError, Diverged), exit_codes={Diverged: 3}
+    )
 
 
 if __name__ == "__main__":
