@@ -408,17 +408,31 @@ def pack_round(args, n: int) -> dict[str, Any]:
         subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for _ in range(n)
     ]
+    monitor = None
     try:
         for p in procs:
-            line = p.stdout.readline()
-            if line.strip() != "ready":
+            for line in p.stdout:  # anything a library prints before the handshake is skipped
+                if line.strip() == "ready":
+                    break
+            else:
                 raise RuntimeError(f"a packed trial did not start (exit {p.wait()})")
         monitor = GpuMonitor()
         for p in procs:  # all measure over the same window
             p.stdin.write("go\n")
             p.stdin.flush()
-        outs = [json.loads(p.stdout.readline()) for p in procs]
+        outs = []
+        for p in procs:
+            lines = [line for line in p.stdout if line.startswith("{")]
+            if not lines:
+                raise RuntimeError(f"a packed trial printed no result (exit {p.wait()})")
+            outs.append(json.loads(lines[-1]))
         gpu = monitor.stop()
+    except BaseException:
+        for p in procs:  # the others would wait for "go" or train on: stop them (our own children)
+            p.kill()
+        if monitor is not None:
+            monitor.stop()
+        raise
     finally:
         for p in procs:
             try:
