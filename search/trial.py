@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-CHECKPOINT_NAME = "checkpoint.pt"  # the trainer's checkpoint inside every Tune checkpoint directory
-REPORT_NAME = "report.json"  # epoch and step of that checkpoint
+CHECKPOINT_NAME = "checkpoint.pt"  # the latest full trainer checkpoint: what a retry resumes from
+GENERATOR_NAME = "generator.pt"  # the best evaluation's generator file (trainers.checkpoint.generator_state)
+REPORT_NAME = "report.json"  # epoch and step of that checkpoint, epoch and acc of that generator
 GRIDS_DIR = "grids"
 
 
@@ -51,25 +52,29 @@ def load_evaluator(setup: TrialSetup, device: torch.device):
     )
 
 
-def _restore(scratch: Path) -> tuple[Path | None, int]:
-    """The latest Tune checkpoint of this trial (after a worker failure or a driver restart), copied out,
-    and the epoch it was taken at."""
+def _restore(scratch: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The latest Tune checkpoint of this trial (after a worker failure or a driver restart), copied out:
+    the trainer checkpoint to resume from, the best generator so far (into scratch/generator.pt), and the
+    report (epoch; best_epoch, best_acc, absent in checkpoints of older versions)."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return None, 0
+        return None, {"epoch": 0}
     with checkpoint.as_directory() as folder:
         target = scratch / "resume.pt"  # removed with the trainer's files at the first report
         shutil.copy2(Path(folder) / CHECKPOINT_NAME, target)
-        epoch = json.loads((Path(folder) / REPORT_NAME).read_text())["epoch"]
-    return target, int(epoch)
+        if (Path(folder) / GENERATOR_NAME).is_file():
+            shutil.copy2(Path(folder) / GENERATOR_NAME, scratch / GENERATOR_NAME)
+        report = json.loads((Path(folder) / REPORT_NAME).read_text())
+    return target, report
 
 
 def scratch_dir(experiment: str, trial_id: str) -> Path:
-    """Where a trial's trainer writes: outside the trial directory, because Tune copies that directory to
-    storage with every experiment snapshot (scratch checkpoints would be copied too). Known to the driver,
-    which removes it when the trial ends (a trial stopped by ASHA is killed and cannot)."""
+    """Where a trial's trainer writes, on the node the trial runs on: outside the trial directory, because
+    Tune copies that directory to storage with every experiment snapshot (scratch checkpoints would be
+    copied too). The trial removes it in a `finally` however it ends: done, diverged, failed, or stopped by
+    ASHA (Tune stops a function trial by raising SystemExit in its `tune.report` call)."""
     return Path(tempfile.gettempdir()) / "cgan-search-trials" / f"{experiment}-{trial_id}"
 
 
@@ -95,6 +100,7 @@ def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
     """Tune function trainable. `config` is a full TrainConfig dict; `data` an ImageSet."""
     from ray import tune
 
+    from trainers.checkpoint import save_generator
     from trainers.config import TrainConfig
     from trainers.train import Diverged, train
 
@@ -107,29 +113,37 @@ def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
     shutil.rmtree(scratch, ignore_errors=True)  # a retried trial starts from its Tune checkpoint
 
     def report(ev) -> None:
-        """One evaluation -> one Tune result with a checkpoint (trainer checkpoint + sample grids).
+        """One evaluation -> one Tune result with a checkpoint: the latest trainer checkpoint (for a retry),
+        the best evaluation's generator so far (no D, no optimizer state) and the sample grids.
 
-        The trainer's own checkpoint files are unlinked once linked into the report folder: only Tune's
-        copies remain (bounded per trial by CheckpointConfig).
+        Tune keeps only the latest such folder (CheckpointConfig), so a running trial holds one full
+        checkpoint and one generator; the driver drops the full one when the trial ends
+        (search/tracking.py). The trainer's own checkpoint files are unlinked once linked into the folder.
         """
         metrics = {**ev.metrics, "epoch": ev.epoch, "step": ev.step, "diverged": 0}
+        generator = scratch / GENERATOR_NAME
+        if (scratch / "best.pt").is_file():  # train() writes best.pt exactly when acc improved
+            save_generator(scratch / "best.pt", generator)
+            last.update(best_epoch=ev.epoch, best_acc=metrics.get("acc"))
         with tempfile.TemporaryDirectory(dir=scratch, prefix="report-") as tmp:
             folder = Path(tmp)
             _link_or_copy(Path(ev.checkpoint), folder / CHECKPOINT_NAME)
-            (folder / REPORT_NAME).write_text(json.dumps({"epoch": ev.epoch, "step": ev.step}))
+            if generator.is_file():
+                _link_or_copy(generator, folder / GENERATOR_NAME)
+            (folder / REPORT_NAME).write_text(json.dumps({**last, "epoch": ev.epoch, "step": ev.step}))
             (folder / GRIDS_DIR).mkdir()
             for name, grid in ev.grids.items():
                 _link_or_copy(Path(grid), folder / GRIDS_DIR / f"{name}.png")
-            for stale in scratch.glob("*.pt"):  # last.pt, best.pt, resume.pt: Tune's copies replace them
-                stale.unlink(missing_ok=True)
+            for stale in ("last.pt", "best.pt", "resume.pt"):  # Tune's copies replace them
+                (scratch / stale).unlink(missing_ok=True)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         last["epoch"] = ev.epoch
 
-    evaluator = load_evaluator(setup, device)
     scratch.mkdir(parents=True)
-    resume, epoch = _restore(scratch)
-    last = {"epoch": epoch}
     try:
+        evaluator = load_evaluator(setup, device)
+        resume, restored = _restore(scratch)
+        last = {k: restored[k] for k in ("epoch", "best_epoch", "best_acc") if k in restored}
         train(
             TrainConfig.from_dict(config),
             data,
@@ -152,3 +166,6 @@ def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
 
         failed = {key: 0.0 for key in metric_keys(setup.conditions)} | {"fid": float("inf")}
         tune.report({**failed, "epoch": last["epoch"] + 1, "step": err.step, "diverged": 1})
+    finally:
+        # On whatever node the trial ran, however it ended (ASHA's stop included): nothing stays in /tmp.
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -82,7 +82,9 @@ def test_each_child_has_params_metrics_by_epoch_grids_and_checkpoint(smoke):
         files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, grids[-1])}
         assert files == {"test.png", "new_test.png"}
         checkpoint = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "checkpoint")}
-        assert "checkpoint.pt" in checkpoint
+        # The best evaluation's generator only (no D, no optimizer state); pruned trials keep none by default.
+        pruned = run.data.tags["optuna.state"] == "PRUNED"
+        assert checkpoint == (set() if pruned else {"generator.pt", "report.json"}), checkpoint
         assert run.info.status == "FINISHED"
 
 
@@ -99,10 +101,28 @@ def test_asha_stopped_trials_are_pruned_in_the_optuna_study(smoke):
         assert run.data.tags["optuna.state"] == states[run.data.tags["ray.trial_id"]]
 
 
-def test_checkpoints_per_trial_are_bounded(smoke):
+def test_ended_trials_keep_one_generator_and_no_full_checkpoint(smoke):
+    """Tune keeps the latest checkpoint only; once a trial ends its full checkpoint is dropped and the
+    generator of its best evaluation stays (a pruned trial's is dropped too, by default); the trial
+    removed its own scratch folder."""
+    import tempfile
+
+    import torch
+
+    states = {r.data.tags["ray.trial_id"]: r.data.tags["optuna.state"] for r in smoke.children}
     for folder in smoke.experiment_dir.glob("trial_*"):
-        assert len(list(folder.glob("checkpoint_*"))) <= 2  # best and latest
-        assert not list(folder.rglob("last.pt")) and not list(folder.rglob("best.pt"))
+        (checkpoint,) = folder.glob("checkpoint_*")
+        names = {p.name for p in checkpoint.iterdir()}
+        pruned = states[folder.name.removeprefix("trial_")] == "PRUNED"
+        assert names == {"report.json", "grids"} | (set() if pruned else {"generator.pt"}), names
+        assert not list(folder.rglob("*.pt")) if pruned else len(list(folder.rglob("*.pt"))) == 1
+        if not pruned:
+            slim = torch.load(checkpoint / "generator.pt", weights_only=True)
+            assert set(slim) == {"config", "data", "ema", "state_dict"}
+            report = json.loads((checkpoint / "report.json").read_text())
+            assert 1 <= report["best_epoch"] <= report["epoch"]
+    scratch = Path(tempfile.gettempdir()) / "cgan-search-trials"
+    assert not list(scratch.glob(f"{EXPERIMENT}-*"))
 
 
 def test_leaderboard_plots_and_study_are_logged_on_the_parent(smoke):
