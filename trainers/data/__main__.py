@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainers.cli import positive_int, run_command
+from trainers.cli import OneLineParser, output_file, output_folder, positive_int, run_command, seed_int
 from trainers.data.errors import DataError
 
 
@@ -35,7 +35,7 @@ def parse_size(text: str) -> int | tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m trainers.data",
         description="Datasets in the i-CLEVR layout: render synthetic scenes, pack, inspect.",
     )
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/images/*.png, OUT/train.json (or labels.json with --labels), and the spec files. "
         "The same seed and arguments give byte-identical files.",
     )
-    render.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    render.add_argument("--out", type=output_folder, required=True, help="output folder (created)")
     render.add_argument(
         "--scenes", type=positive_int, help="training scenes to render; each gives _0, _1, _2 images"
     )
@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument(
         "--draws", type=positive_int, default=1, help="with --labels: scenes per entry (default 1)"
     )
-    render.add_argument("--seed", type=int, required=True, help="random seed (determines every file)")
+    render.add_argument(
+        "--seed", type=seed_int, required=True, help="random seed >= 0 (determines every file)"
+    )
     render.add_argument(
         "--size",
         type=parse_size,
@@ -74,12 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(uint8 HxWx3, multi-hot labels, file names, content fingerprint).",
     )
     pk.add_argument("root", type=Path, help="dataset folder (objects.json, train.json, images/)")
-    pk.add_argument("--out", type=Path, required=True, help="output .parquet file")
+    # .parquet: load_dataset (and so --data everywhere) recognises a pack by its suffix
+    pk.add_argument("--out", type=output_file(".parquet"), required=True, help="output .parquet file")
     pk.add_argument("--size", type=positive_int, default=64, help="training resolution (default 64)")
 
     show = sub.add_parser("show", help="write a contact sheet of 64 images with their labels")
     show.add_argument("root", type=Path, help="dataset folder")
-    show.add_argument("--out", type=Path, required=True, help="output PNG")
+    show.add_argument("--out", type=output_file(".png", ".jpg", ".jpeg"), required=True, help="output PNG")
     show.add_argument("--count", type=positive_int, default=64, help="images on the sheet (default 64)")
 
     check = sub.add_parser("check", help="validate every file of a dataset folder, write nothing")

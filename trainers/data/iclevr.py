@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from trainers.data.errors import DataError
 from trainers.data.imageset import ImageSet
-from trainers.data.labels import encode_labels, load_vocab, read_json
+from trainers.data.labels import check_condition_files, encode_labels, load_vocab, read_json
 
 INDEX_FILES = ("train.json", "labels.json")
 IMAGE_DIRS = ("images", "iclevr")
@@ -36,6 +36,10 @@ MAX_PIXELS = 4096 * 4096
 # was trained on such direct resizes, so a crop would shift the test distribution.
 RESIZE = Image.Resampling.BILINEAR
 RESIZE_TAG = "pil-bilinear-fullframe-v1"
+# Pillow modes with 8-bit channels, taken through convert("RGB") (alpha dropped, palettes expanded, gray
+# replicated). 16-bit RGB(A) PNGs open as RGB(A) already (Pillow keeps each channel's high byte).
+EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
+SIXTEEN_BIT_GRAY = ("I;16", "I;16L", "I;16B", "I;16N")  # 16-bit gray PNGs: scaled, not clipped
 
 
 def index_file(root: Path) -> Path:
@@ -59,6 +63,7 @@ def read_index(root: Path) -> tuple[tuple[str, ...], list[str], np.ndarray]:
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     classes = load_vocab(root / "objects.json")
+    check_condition_files(root, classes)
     index_path = index_file(root)
     raw = read_json(index_path)
     if not isinstance(raw, dict) or not raw:
@@ -73,6 +78,26 @@ def png_size(blob: bytes) -> tuple[int, int] | None:
     if blob[:8] == b"\x89PNG\r\n\x1a\n" and blob[12:16] == b"IHDR" and len(blob) >= 24:
         return struct.unpack(">II", blob[16:24])
     return None
+
+
+def png_bit_depth(blob: bytes) -> int | None:
+    """Bits per channel from a PNG's IHDR chunk (1, 2, 4, 8 or 16), None for other formats."""
+    return blob[24] if png_size(blob) is not None and len(blob) > 24 else None
+
+
+def to_rgb(im: Image.Image, path: Path, bit_depth: int | None = None) -> Image.Image:
+    """A decoded image as 8-bit RGB, or a DataError naming the file and a mode that has no faithful
+    conversion. 16-bit gray would be clipped by convert("RGB") (every value above 255 of 65535 turned
+    white), so it is scaled to 8 bits by its high byte, as Pillow itself reads 16-bit RGB and RGBA PNGs."""
+    if im.mode in SIXTEEN_BIT_GRAY or (im.mode == "I" and bit_depth == 16):
+        gray = np.asarray(im).astype(np.uint16) >> 8  # (H, W)
+        return Image.fromarray(gray.astype(np.uint8), "L").convert("RGB")
+    if im.mode not in EIGHT_BIT_MODES:
+        raise DataError(
+            f"{path}: image mode {im.mode!r} is not accepted (8-bit gray, palette, RGB, RGBA, CMYK, or a "
+            "16-bit PNG); convert it to 8-bit RGB"
+        )
+    return im.convert("RGB")
 
 
 def decode_image(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, bytes]:
@@ -98,7 +123,7 @@ def decode_image(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> tuple[n
                     "(decompression bomb?); refused before decoding"
                 )
             im.load()
-            rgb = im.convert("RGB")
+            rgb = to_rgb(im, path, png_bit_depth(blob))
     except DataError:
         raise
     except Image.DecompressionBombError as err:

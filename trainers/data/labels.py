@@ -87,6 +87,15 @@ def load_conditions(label_file: str | Path, vocab: Sequence[str]) -> np.ndarray:
     return np.stack(rows)
 
 
+def check_condition_files(root: str | Path, vocab: Sequence[str]) -> None:
+    """A dataset folder's own test.json / new_test.json (the conditions it is scored on) must use its
+    vocabulary: checked with the images, not first when a search scores its first trial."""
+    for split in TEST_SPLITS:
+        path = Path(root) / f"{split}.json"
+        if path.exists():
+            load_conditions(path, vocab)
+
+
 def iclevr_conditions(root: str | Path | None = None) -> dict[str, np.ndarray]:
     """{"test": (32, 24), "new_test": (32, 24)} from a dataset folder's files, else the bundled ones."""
     root = Path(root) if root is not None else None

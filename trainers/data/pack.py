@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from trainers.data.errors import DataError
 from trainers.data.iclevr import image_dir, index_file, read_iclevr
 from trainers.data.imageset import ImageSet
+from trainers.data.labels import check_condition_files
 
 PACK_VERSION = 1
 META_KEY = b"cgan_search"
@@ -125,5 +126,8 @@ def load_cached(root: str | Path, *, size: int = 64, progress: bool = True) -> I
         raise DataError(f"{root}: dataset folder not found")
     path = cache_dir() / f"{root.name}-{size}-{cache_key(root, size)}.parquet"
     if path.is_file():
-        return load_packed(path)
+        data = load_packed(path)
+        # the key covers the images and the index, not test.json / new_test.json: check those each time
+        check_condition_files(root, data.classes)
+        return data
     return pack(root, path, size=size, progress=progress)
