@@ -5,30 +5,30 @@ Exit 0 with one summary line per file; exit 2 with one line on stderr (file, key
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import yaml
 
 from spaces.check import check_file
 from spaces.space import SpaceError, load_space
+from trainers.cli import OneLineParser, positive_int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spaces", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m spaces", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser(
         "check", help="sample configs from each file and validate them with TrainConfig"
     )
     check.add_argument("files", nargs="+", metavar="FILE")
-    check.add_argument("--samples", type=int, default=200, help="configs sampled per file (default 200)")
+    check.add_argument(
+        "--samples", type=positive_int, default=200, help="configs sampled per file (default 200)"
+    )
     check.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i")
     sample = commands.add_parser("sample", help="print one sampled config")
     sample.add_argument("file", metavar="FILE")
     sample.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.command == "check" and args.samples < 1:
-        parser.error(f"--samples must be at least 1, got {args.samples}")
     try:
         if args.command == "check":
             for path in args.files:

@@ -15,7 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainers.cli import positive_int, run_command
+from trainers.cli import (
+    OneLineParser,
+    open_fraction,
+    output_file,
+    positive_float,
+    positive_int,
+    run_command,
+    seed_int,
+)
+from trainers.cli import device as device_arg
 from trainers.evaluator.calibrate import (
     DIGITS_SIZE,
     SAMPLE,
@@ -41,7 +50,7 @@ def default_out(data: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainers.evaluator", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m trainers.evaluator", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser(
         "fit", help="train an evaluator with a held-out split; write checkpoint + JSON sidecar"
@@ -50,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="dataset folder (i-CLEVR layout), packed .parquet, or 'digits'"
     )
     f.add_argument(
-        "--out", type=Path, help="checkpoint path (default: DIR/evaluator.pt); sidecar is PATH.json"
+        "--out", type=output_file(), help="checkpoint path (default: DIR/evaluator.pt); sidecar is PATH.json"
     )
     f.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help=f"default {DEFAULTS.epochs}")
     f.add_argument(
@@ -62,9 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--batch-size", type=positive_int, default=DEFAULTS.batch_size, help=f"default {DEFAULTS.batch_size}"
     )
-    f.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"OneCycle peak, default {DEFAULTS.lr}")
-    f.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    f.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction, help="held out (by scene)")
+    f.add_argument(
+        "--lr", type=positive_float, default=DEFAULTS.lr, help=f"OneCycle peak, default {DEFAULTS.lr}"
+    )
+    f.add_argument("--seed", type=seed_int, default=DEFAULTS.seed)
+    f.add_argument(
+        "--val-fraction",
+        type=open_fraction,
+        default=DEFAULTS.val_fraction,
+        help="held out (by scene), in (0, 1)",
+    )
     f.add_argument("--max-train", type=positive_int, default=None, help="train on at most this many images")
     f.add_argument(
         "--size", type=positive_int, default=None, help=f"load resolution (default 64; digits {DIGITS_SIZE})"
@@ -76,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="warm-start from this evaluator checkpoint (its width and classes); fit it on fresh scenes "
         "(another render seed) so the held-out split stays unseen",
     )
-    f.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    f.add_argument("--device", type=device_arg, default=None, help="default: cuda if available, else cpu")
     f.add_argument(
         "--threads", type=positive_int, default=None, help="torch CPU threads (default: all usable cores)"
     )
@@ -87,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--size", type=positive_int, default=None, help="load resolution (default 64; digits 32)")
     s.add_argument("--batch-size", type=positive_int, default=256)
-    s.add_argument("--device", default=None)
+    s.add_argument("--device", type=device_arg, default=None)
     c = sub.add_parser(
         "calibrate",
         help="measure a judge (e.g. the official file, which has no sidecar) on your labelled images, as a "
