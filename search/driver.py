@@ -543,6 +543,7 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
         _say(
             f"promote the best: python -m search.promote --experiment {opts.experiment}{promote_flags} "
             f"--tracking-uri {redacted(opts.tracking_uri)}"
+            + (" (MLFLOW_TRACKING_USERNAME/_PASSWORD set)" if os.environ.get("MLFLOW_TRACKING_USERNAME") else "")
         )
         return 0
     finally:

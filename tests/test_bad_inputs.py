@@ -21,7 +21,7 @@ store (an interrupted search records its parent run) still may not change anythi
 
 `lone=True` (the default): stderr is exactly that one line. Commands that start Ray before they can fail
 (an interrupted search) set `lone=False`: then the one line must be stderr's last line, and the only line
-carrying the fragment. `interrupt_on`: send SIGINT (Ctrl-C) once stdout shows this text. `check(world, tmp,
+carrying the fragment. `interrupt_on`: send SIGINT (Ctrl-C) once stdout or stderr shows this text. `check(world, tmp,
 out)` adds the row's own assertions (for example the parent run is KILLED).
 """
 
@@ -97,7 +97,8 @@ def _run(row: Row, world: World, tmp: Path) -> subprocess.CompletedProcess:
             interrupted = False
             while proc.poll() is None and time.monotonic() < deadline:
                 spawned.update(children_of(proc.pid))
-                if row.interrupt_on and not interrupted and row.interrupt_on in out_path.read_text():
+                seen = out_path.read_text() + err_path.read_text() if row.interrupt_on else ""
+                if row.interrupt_on and not interrupted and row.interrupt_on in seen:
                     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: a terminal signals its whole process group
                     interrupted = True
                 time.sleep(0.2)
@@ -111,7 +112,7 @@ def _run(row: Row, world: World, tmp: Path) -> subprocess.CompletedProcess:
     result = subprocess.CompletedProcess(cmd, proc.returncode, out_path.read_text(), err_path.read_text())
     result.elapsed = elapsed  # type: ignore[attr-defined]
     if row.interrupt_on:
-        assert interrupted, f"stdout never showed {row.interrupt_on!r}: {result.stdout[-2000:]}"
+        assert interrupted, f"the output never showed {row.interrupt_on!r}: {result.stdout[-2000:]}"
     return result
 
 
@@ -216,14 +217,38 @@ def _add(key: str, value: str) -> Callable[[list[str]], list[str]]:
     return lambda lines: [*lines, f"  {key}: {value}"]
 
 
-def _parent_killed(world: World, tmp: Path, out: subprocess.CompletedProcess) -> None:
+CTRL_C = [SEARCH, "--smoke-test", "--num-samples", "3", "--max-epochs", "2", "--experiment", "badinput-ctrlc"]
+
+
+def _killed_then_resumed(world: World, tmp: Path, out: subprocess.CompletedProcess) -> None:
+    """After Ctrl-C the parent run is KILLED and no promote hint was printed; the same command then resumes
+    the search to its end, in the same parent run, with exactly one child run per trial."""
     from mlflow.tracking import MlflowClient
+
+    from tests.test_search_support import tune_trials
 
     client = MlflowClient(world.tracking_uri)
     exp = client.get_experiment_by_name("badinput-ctrlc")
     parents = client.search_runs([exp.experiment_id], filter_string="tags.`search.role` = 'search'")
     assert [r.info.status for r in parents] == ["KILLED"]
     assert "promote the best" not in out.stdout
+    before = set(tune_trials(world.home / "ray_results" / "badinput-ctrlc"))
+    assert 0 < len(before) <= 3
+
+    again = tmp / "again"
+    again.mkdir()
+    rerun = _run(Row("search-ctrl-c-rerun", CTRL_C, 0, "", within=300), world, again)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "resuming" in rerun.stdout and "Traceback" not in rerun.stdout + rerun.stderr
+    trials = tune_trials(world.home / "ray_results" / "badinput-ctrlc")
+    assert len(trials) == 3 and before <= set(trials)
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in runs if r.data.tags.get("search.role") == "search"] == [
+        parents[0].info.run_id
+    ]
+    children = [r for r in runs if r.data.tags.get("search.role") == "trial"]
+    assert sorted(r.data.tags["ray.trial_id"] for r in children) == sorted(trials)  # one run per trial
+    assert client.get_run(parents[0].info.run_id).info.status == "FINISHED"
 
 
 ROWS: list[Row] = [
@@ -312,15 +337,16 @@ ROWS: list[Row] = [
         setup=space_file("missing.yaml", _drop("d_cond", "embed_dim")),
         within=30,
     ),
-    # --- search: Ctrl-C once a trial has reported. Exit 130, the resume hint last, the parent run KILLED.
+    # --- search: Ctrl-C once a trial has reported. Exit 130, the resume hint last, the parent run KILLED;
+    # then the same command resumes it (the row's check).
     Row(
         "search-ctrl-c",
-        [SEARCH, "--smoke-test", "--num-samples", "3", "--max-epochs", "2", "--experiment", "badinput-ctrlc"],
+        CTRL_C,
         130,
         "interrupted: rerun the same command with --experiment badinput-ctrlc to resume",
         interrupt_on="Checkpoint successfully created",
         lone=False,  # Ray and Tune log on stderr before the search ends
-        check=_parent_killed,
+        check=_killed_then_resumed,
         slow=True,
         within=240,
     ),
@@ -353,3 +379,22 @@ def test_bad_input_is_one_line(row: Row, world: World, tmp_path: Path):
 
 def test_rows_are_unique():
     assert len({r.id for r in ROWS}) == len(ROWS)
+
+
+def test_a_sampled_config_the_trainer_refuses_stops_the_searcher(tmp_path):
+    """The safety net behind the 200-sample check: the searcher's define-by-run function refuses a config
+    the trainer rejects before any trial runs it (Tune would retry the trial --max-failures times), naming
+    the Optuna trial, the key and the value; an enqueued preset (checked when loaded) passes as it is."""
+    import optuna
+
+    from search.driver import CheckedSpace
+    from search.optuna_bridge import PRESET_ATTR
+    from spaces import SpaceError, load_space
+
+    space_file("n_critic0.yaml", _set("n_critic", "0"))(tmp_path)
+    checked = CheckedSpace(load_space(tmp_path / "n_critic0.yaml"))
+    study = optuna.create_study()
+    with pytest.raises(SpaceError, match=r"n_critic0.yaml: Optuna trial 0: .*n_critic = 0 is out of range"):
+        checked(study.ask())
+    study.enqueue_trial({}, user_attrs={PRESET_ATTR: "a-preset"})
+    assert checked(study.ask())["n_critic"] == 0

@@ -3,12 +3,15 @@ token file is readable by its owner only, and a password inside --tracking-uri i
 logged nowhere (MLflow params and tags, Tune's experiment folder).
 
 The search test reads the kernel's socket table (/proc/net/{tcp,tcp6,udp,udp6}) while a real local search
-runs against a real `mlflow server` with MLflow's basic-auth app on loopback (which refuses requests without
-the password, so the credentials provably still reach it).
+runs against a real `mlflow server` on loopback behind a basic-auth proxy (which refuses any request without
+the password, so the credentials provably still reach the server once they are out of the URI).
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
+import http.server
 import ipaddress
 import os
 import signal
@@ -16,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -64,14 +68,18 @@ def sockets_of(pids) -> dict[int, set[int]]:
     """{pid: socket inodes it holds}."""
     out = {}
     for pid in pids:
-        inodes = set()
         try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(int(target[8:-1]))
-        except OSError:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:  # the process has ended
             continue
+        inodes = set()
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed meanwhile (the listing's own fd, for one)
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
         out[pid] = inodes
     return out
 
@@ -114,10 +122,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class BasicAuthProxy(http.server.ThreadingHTTPServer):
+    """HTTP basic auth in front of a real `mlflow server` (what an authenticating reverse proxy does; MLflow's
+    own basic-auth app needs Flask-WTF, which the project does not install): 401 for any request without
+    the credentials, else forwarded. Counts both, so a test sees that the credentials arrived."""
+
+    def __init__(self, upstream_port: int, user: str, password: str):
+        self.upstream_port, self.authorized, self.refused = upstream_port, 0, 0
+        self.expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: BasicAuthProxy
+
+    def _forward(self) -> None:
+        if self.headers.get("Authorization") != self.expected_auth:
+            self.server.refused += 1
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.server.authorized += 1
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=120)
+        headers = {
+            k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization", "connection")
+        }
+        upstream.request(self.command, self.path, body=body, headers=headers)
+        answer = upstream.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    @property
+    def expected_auth(self) -> str:
+        return self.server.expected
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+    def log_message(self, *args) -> None:  # quiet: the test reads the counters
+        pass
+
+
 @pytest.fixture
 def auth_server(tmp_path):
-    """`mlflow server --app-name basic-auth` on loopback: (url, admin user, password)."""
-    user, password = "admin", "s3cret-Pw-9f2c41"  # distinctive: grep finds nothing else by accident
+    """A real `mlflow server` on loopback behind BasicAuthProxy: (proxy url, user, password, proxy, pid)."""
+    user, password = "searcher", "s3cret-Pw-9f2c41"  # distinctive: grep finds nothing else by accident
     port = free_port()
     folder = tmp_path / "server"
     folder.mkdir()
@@ -125,22 +183,23 @@ def auth_server(tmp_path):
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("mlflow")),
-            *("server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port)),
-            *("--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--workers", "1"),
+            *("server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+            *("--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"),
             *("--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts"),
         ],
-        cwd=folder,  # the auth app's own store (basic_auth.db) is relative to it
-        env={**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": password},
+        cwd=folder,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # the server forks workers: all ended together by killpg
     )
-    url = f"http://127.0.0.1:{port}"
+    proxy = BasicAuthProxy(port, user, password)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -148,11 +207,15 @@ def auth_server(tmp_path):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"mlflow server did not come up: {(folder / 'server.log').read_text()[-2000:]}")
             time.sleep(1)
-        yield url, user, password, proc.pid
+        yield f"http://127.0.0.1:{proxy.server_address[1]}", user, password, proxy, proc.pid
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proxy.shutdown()
+        proxy.server_close()
         try:
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
@@ -162,7 +225,7 @@ def auth_server(tmp_path):
 def test_local_search_listens_on_loopback_keeps_the_token_private_and_the_password_unseen(
     auth_server, tmp_path_factory, tmp_path
 ):
-    url, user, password, server_pid = auth_server
+    url, user, password, proxy, server_pid = auth_server
     home = tmp_path_factory.getbasetemp() / "search-home"  # shared with the other search tests: caches reused
     home.mkdir(exist_ok=True)
     fake_home = tmp_path / "user"  # $HOME: where Ray keeps its token file, so the developer's is untouched
@@ -223,6 +286,7 @@ def test_local_search_listens_on_loopback_keeps_the_token_private_and_the_passwo
         exp = client.get_experiment_by_name(experiment)
         runs = client.search_runs([exp.experiment_id], max_results=100)
         assert len(runs) == 3  # the search's parent run and its two trials reached the authenticated server
+        assert proxy.authorized > 0 and proxy.refused == 0  # every request of the search carried them
         for run in runs:
             logged = {**run.data.params, **run.data.tags}
             assert [k for k, v in logged.items() if password in v] == []
