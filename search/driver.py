@@ -540,10 +540,12 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
             (f" --objectives {','.join(opts.objectives)}" if len(opts.objectives) > 1 else "",
              " --allow-pruned" if opts.allow_pruned else "")
         )  # fmt: skip
+        login = (
+            " (MLFLOW_TRACKING_USERNAME/_PASSWORD set)" if "MLFLOW_TRACKING_USERNAME" in os.environ else ""
+        )
         _say(
             f"promote the best: python -m search.promote --experiment {opts.experiment}{promote_flags} "
-            f"--tracking-uri {redacted(opts.tracking_uri)}"
-            + (" (MLFLOW_TRACKING_USERNAME/_PASSWORD set)" if os.environ.get("MLFLOW_TRACKING_USERNAME") else "")
+            f"--tracking-uri {redacted(opts.tracking_uri)}{login}"
         )
         return 0
     finally:
