@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -258,6 +259,25 @@ def _objectives(text: str) -> tuple[str, ...]:
     return names
 
 
+def _alias(text: str) -> str:
+    """MLflow's alias rules, checked before a version is registered (a refused alias left one registered
+    without it): 1-255 letters, digits, _ or -; 'latest' and v<N> are reserved."""
+    reserved = text.lower() == "latest" or re.fullmatch(r"[vV]\d+", text)
+    if reserved or not re.fullmatch(r"[\w\-]{1,255}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: an alias is 1-255 letters, digits, _ or - ('latest' and v<N> are reserved)"
+        )
+    return text
+
+
+def _model_name(text: str) -> str:
+    if not text.strip() or "/" in text or ":" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a registered model name is non-empty, without '/' or ':'"
+        )
+    return text
+
+
 def _slack(text: str) -> float:
     try:
         value = float(text)
@@ -301,8 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also choose among trials ASHA stopped before max_epochs (their last evaluation)",
     )
-    p.add_argument("--alias", default="champion", help="registry alias to point at the new version")
-    p.add_argument("--model-name", help="registered model name (default: the search's, e.g. clevr-cgan)")
+    p.add_argument(
+        "--alias", type=_alias, default="champion", help="registry alias to point at the new version"
+    )
+    p.add_argument(
+        "--model-name",
+        type=_model_name,
+        help="registered model name (default: the search's, e.g. clevr-cgan)",
+    )
     p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: sqlite:///$CGAN_SEARCH_HOME/mlflow.db)"
     )
@@ -323,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking_uri_or_default(args.tracking_uri, default_home())  # a password moves to MLflow's env vars
     if problem := tracking_scheme_problem(uri) or tracking_unreachable(uri):  # MLflow retries for minutes
         parser.error(f"--tracking-uri {redacted(uri)}: {problem}")
+    store = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    if store is not None and not store.is_file():  # MLflow would create an empty store to look in
+        parser.error(
+            f"no MLflow experiment named {args.experiment!r}: no MLflow store at {store} (no search has "
+            "tracked there; --tracking-uri names another)"
+        )
     client = MlflowClient(uri)
     try:
         version = promote(
