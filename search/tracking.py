@@ -27,7 +27,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from search.optuna_bridge import trial_state
-from search.trial import CHECKPOINT_NAME, GENERATOR_NAME, REPORT_NAME
+from search.trial import CHECKPOINT_NAME, GENERATOR_NAME, GRIDS_DIR, REPORT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -244,13 +244,19 @@ class TrialRunsCallback(Callback):
         self.client.log_batch(run_id, metrics=metrics)
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
-        """The sample grids of this evaluation, as grids/epoch_NNN/<condition set>.png."""
+        """The sample grids of this evaluation, as grids/epoch_NNN/<condition set>.png. Only the grids are
+        read (on remote storage, `as_directory` would download the full checkpoint at every evaluation)."""
+        from pyarrow import fs as pafs
+
         epoch = int((trial.last_result or {}).get("epoch", 0))
-        with checkpoint.as_directory() as folder:
-            grids = sorted(Path(folder, "grids").glob("*.png"))
-            for grid in grids:
+        filesystem, folder = checkpoint.filesystem, f"{checkpoint.path.rstrip('/')}/{GRIDS_DIR}"
+        found = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        with tempfile.TemporaryDirectory(prefix="cgan-grids-") as tmp:
+            for entry in sorted((f for f in found if f.path.endswith(".png")), key=lambda f: f.path):
+                local = Path(tmp) / entry.base_name
+                _download(filesystem, entry.path, local)
                 self.client.log_artifact(
-                    self.run_id(trial), str(grid), artifact_path=f"grids/epoch_{epoch:03d}"
+                    self.run_id(trial), str(local), artifact_path=f"grids/epoch_{epoch:03d}"
                 )
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
