@@ -65,11 +65,17 @@ SPACE_CHECK_SAMPLES = 200  # what `python -m spaces check` samples: about a seco
 
 
 def check_before_ray(opts: Options, parser: argparse.ArgumentParser) -> None:
-    """What can be refused in seconds is refused before Ray starts: the space's sampled configs (a config
-    the trainer rejects would fail every trial, each retried --max-failures times), and the tracking
-    server and Ray cluster addresses (MLflow and Ray retry an unreachable one for minutes)."""
-    from search.options import ray_address_unreachable, redacted, tracking_unreachable
+    """What can be refused in seconds is refused before Ray starts: the storage folder (pyarrow's error
+    would come after Ray), the tracking server and Ray cluster addresses (MLflow and Ray retry an
+    unreachable one for minutes), and the space's sampled configs (a config the trainer rejects would fail
+    every trial, each retried --max-failures times)."""
+    from pathlib import Path
+
+    from search.options import folder_problem, ray_address_unreachable, redacted, tracking_unreachable
     from spaces.check import check_file
+
+    if "://" not in opts.storage and (problem := folder_problem(Path(opts.storage), create=True)):
+        parser.error(f"--storage {opts.storage}: {problem}")
 
     if problem := tracking_unreachable(opts.tracking_uri):
         parser.error(f"--tracking-uri {redacted(opts.tracking_uri)}: {problem}")

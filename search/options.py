@@ -315,10 +315,16 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def folder_problem(path: Path) -> str | None:
-    """Why Tune could not keep its experiments in the local folder `path` (created here if missing)."""
+def folder_problem(path: Path, *, create: bool = False) -> str | None:
+    """Why Tune could not keep its experiments in the local folder `path`. With `create` (once every other
+    option passed: a refused command leaves no folder behind) it is made here, which is what proves it."""
     if path.exists() and not path.is_dir():
         return "exists and is not a folder"
+    above = next(p for p in path.parents if p.exists())
+    if not above.is_dir():
+        return f"{above} is a file, not a folder"
+    if not create:
+        return None
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
