@@ -134,6 +134,11 @@ def load_generator_model(model: str):
     try:
         loaded = mlflow.pyfunc.load_model(model)
     except (MlflowException, OSError, ValueError) as err:
+        if '"MLmodel"' in str(err):  # MLflow names its temporary download folder, not what was given
+            raise GenerateError(
+                f"--model {model}: not an MLflow model (no MLmodel file in it); a promoted generator is "
+                "models:/NAME@ALIAS"
+            ) from None
         raise GenerateError(f"--model {model}: {' '.join(str(err).split())}") from None
     try:
         inner = loaded.unwrap_python_model()

@@ -361,6 +361,296 @@ ROWS: list[Row] = [
 ]
 
 
+# ---------------------------------------------------------------- rows: trainers, data, evaluator, spaces, generate
+# Setups below write real files: trainer checkpoints from a freshly built GAN, a pyfunc generator model,
+# i-CLEVR folders. `_unchanged(*names)` is the "nothing lost" check of a row: the files its setup wrote
+# (an earlier run's checkpoint, an earlier grid) have the same bytes after the refusal.
+
+TRAIN_BASE = ["-m", "trainers.train", "--preset", "dcgan_bce", "--data", "digits"]
+TRAIN = [*TRAIN_BASE, "--size", "16", "--epochs", "2"]
+
+
+def _generate(labels: str = "test", out: str = "{tmp}/grid.png", model: str = "{tmp}/model") -> list[str]:
+    return ["-m", "search.generate", "--labels", labels, "--out", out, "--model", model]
+
+
+EARLIER_GRID = b"an earlier grid: a refused generate must not touch it\n"
+
+
+def _trainer_checkpoint(path: Path, *, width: int = 4) -> None:
+    """A real checkpoint of `TRAIN` with --set width=WIDTH (a freshly built GAN, as trainers.train saves it)."""
+    import torch
+
+    from trainers.checkpoint import make_checkpoint, save_checkpoint
+    from trainers.config import load_preset
+    from trainers.step import build_gan
+
+    gan = build_gan(load_preset("dcgan_bce").replace(width=width), image_size=16, n_classes=10, device="cpu")
+    info = {"image_size": 16, "n_classes": 10, "classes": [str(i) for i in range(10)], "fingerprint": "x"}
+    state = make_checkpoint(gan, epoch=1, data_generator=torch.Generator(), data_info=info)
+    save_checkpoint({**state, "best_acc": 0.0}, path)
+
+
+def _earlier_run(tmp: Path) -> None:
+    _trainer_checkpoint(tmp / "run" / "last.pt")
+
+
+def _write(name: str, content: bytes | str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        data = content if isinstance(content, bytes) else content.encode()
+        (tmp / name).write_bytes(data)
+
+    return setup
+
+
+def _torch_file(name: str, obj_factory: Callable[[], object]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        import torch
+
+        torch.save(obj_factory(), tmp / name)
+
+    return setup
+
+
+def _both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        for s in setups:
+            s(tmp)
+
+    return setup
+
+
+_HASHES: dict[tuple[str, str], str] = {}  # (tmp, name) -> sha256 when the row's setup finished
+
+
+def _remember(*names: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        for name in names:
+            _HASHES[(str(tmp), name)] = hashlib.sha256((tmp / name).read_bytes()).hexdigest()
+
+    return setup
+
+
+def _unchanged(*names: str) -> Callable[[World, Path, subprocess.CompletedProcess], None]:
+    def check(world: World, tmp: Path, out: subprocess.CompletedProcess) -> None:
+        for name in names:
+            assert hashlib.sha256((tmp / name).read_bytes()).hexdigest() == _HASHES[(str(tmp), name)], name
+
+    return check
+
+
+def _evaluator_file():
+    import torch
+
+    return {"model": {"conv1.weight": torch.zeros(4, 3, 7, 7)}}
+
+
+def _iclevr(tmp: Path, **files: bytes | str) -> None:
+    """A valid tiny i-CLEVR folder {tmp}/ds (tests/conftest.py), then `files` written over it."""
+    from tests.conftest import make_iclevr_folder
+
+    root = make_iclevr_folder(tmp / "ds")
+    for name, content in files.items():
+        _write(name.replace("__", "/"), content)(root)
+
+
+def _float_image(tmp: Path) -> None:
+    from PIL import Image
+
+    _iclevr(tmp)
+    Image.new("F", (40, 30), 0.5).save(tmp / "ds" / "images" / "CLEVR_train_000000_0.png", format="TIFF")
+
+
+_GENERATOR_MODEL: list[Path] = []  # built once per session: a pyfunc save costs seconds
+
+
+def _generator_model(tmp: Path) -> None:
+    """{tmp}/model: a real cgan-search pyfunc generator (24 i-CLEVR classes, 8x8, untrained)."""
+    import shutil
+    import tempfile
+
+    if not _GENERATOR_MODEL:
+        import mlflow
+        import torch
+
+        from search.pyfunc import GeneratorModel, build, example_input, write_generator
+        from trainers.checkpoint import make_checkpoint, save_checkpoint
+        from trainers.config import TrainConfig
+        from trainers.data.labels import load_vocab, spec_file
+        from trainers.step import build_gan
+
+        folder = Path(tempfile.mkdtemp(prefix="bad-inputs-generator-"))
+        classes = list(load_vocab(spec_file("objects.json")))
+        config = TrainConfig.from_dict(
+            {"arch": "dcgan", "loss": "hinge", "g_cond": "concat", "d_cond": "projection"}
+            | {"d_norm": "spectral", "width": 4, "z_dim": 8, "batch_size": 4}
+        )
+        gan = build_gan(config, image_size=8, n_classes=len(classes), device="cpu")
+        info = {"image_size": 8, "n_classes": len(classes), "classes": classes, "fingerprint": "x"}
+        state = make_checkpoint(gan, epoch=1, data_generator=torch.Generator(), data_info=info)
+        slim = write_generator(save_checkpoint(state, folder / "last.pt"), folder / "generator.pt")
+        model = GeneratorModel()
+        model.generator, model.config, _ = build(slim)
+        model.classes = classes
+        example = example_input(classes)
+        signature = mlflow.models.infer_signature(example, model.predict(None, example), params={"seed": 0})
+        mlflow.pyfunc.save_model(
+            str(folder / "model"),
+            python_model=GeneratorModel(),
+            artifacts={"generator": str(folder / "generator.pt")},
+            signature=signature,
+            pip_requirements=["torch"],  # given: inferring them imports the model in a subprocess
+        )
+        _GENERATOR_MODEL.append(folder / "model")
+    shutil.copytree(_GENERATOR_MODEL[0], tmp / "model")
+
+
+ROWS += [
+    # --- trainers.train: --resume of what is not this run's checkpoint; the file is left as it was
+    Row(
+        "train-resume-corrupt-file",
+        [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/run/last.pt"],
+        2,
+        "run/last.pt: not a readable torch checkpoint (truncated or corrupt)",
+        setup=_both(_write("run/last.pt", b"\x00 not a checkpoint " * 64), _remember("run/last.pt")),
+        check=_unchanged("run/last.pt"),
+    ),
+    Row(
+        "train-resume-evaluator-file",
+        [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/evaluator.pt"],
+        2,
+        'evaluator.pt: an evaluator checkpoint ({"model": state_dict}), not a trainer checkpoint',
+        setup=_torch_file("evaluator.pt", _evaluator_file),
+    ),
+    Row(
+        "train-resume-foreign-dict",
+        [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/weights.pt"],
+        2,
+        "weights.pt: a dict with keys 'w', not a trainer checkpoint",
+        setup=_torch_file("weights.pt", lambda: {"w": __import__("torch").zeros(3)}),
+    ),
+    Row(
+        "train-resume-missing-file",
+        [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/run/last.pt"],
+        2,
+        "run/last.pt: checkpoint file not found",
+    ),
+    Row(
+        "train-resume-config-mismatch",
+        [*TRAIN, "--set", "width=8", "--out", "{tmp}/run", "--resume", "{tmp}/run/last.pt"],
+        2,
+        "checkpoint config differs in width (width 4 there, 8 here)",
+        setup=_both(_earlier_run, _remember("run/last.pt")),
+        check=_unchanged("run/last.pt"),
+    ),
+    Row(
+        "train-fresh-run-over-an-earlier-one",
+        [*TRAIN, "--set", "width=4", "--out", "{tmp}/run"],
+        2,
+        "run already holds a run (last.pt): continue it with --resume",
+        setup=_both(_earlier_run, _remember("run/last.pt")),
+        check=_unchanged("run/last.pt"),
+    ),
+    Row("train-set-bad-yaml", [*TRAIN, "--set", "lr=[1"], 2, "--set 'lr=[1': the value is not valid YAML"),
+    Row(
+        "train-size-not-a-power-of-two",
+        [*TRAIN_BASE, "--epochs", "1", "--size", "13"],
+        2,
+        "--size: expected a power of two >= 8 (8, 16, 32, 64, 128), got '13'",
+    ),
+    # --- trainers.data: what check used to call "all valid"
+    Row(
+        "data-check-unknown-label-in-test-json",
+        ["-m", "trainers.data", "check", "{tmp}/ds"],
+        2,
+        "ds/test.json: entry 0: unknown label 'pink cube' (not in objects.json)",
+        setup=lambda tmp: _iclevr(tmp, **{"test.json": '[["pink cube"]]'}),
+    ),
+    Row(
+        "data-check-float-image",
+        ["-m", "trainers.data", "check", "{tmp}/ds"],
+        2,
+        "CLEVR_train_000000_0.png: image mode 'F' is not accepted",
+        setup=_float_image,
+    ),
+    # --- trainers.evaluator: refused before the fit, not after it
+    Row(
+        "evaluator-fit-out-is-a-folder",
+        ["-m", "trainers.evaluator", "fit", "--data", "digits", "--out", "{tmp}"],
+        2,
+        ": is a folder; give a file name inside it",
+    ),
+    # --- spaces
+    Row(
+        "spaces-check-zero-samples",
+        ["-m", "spaces", "check", str(SMOKE_SPACE), "--samples", "0"],
+        2,
+        "--samples: expected an integer >= 1, got '0'",
+    ),
+    # --- search.generate: nothing written on a refusal (an earlier grid keeps its bytes)
+    Row(
+        "generate-empty-label-set",
+        _generate("{tmp}/labels.json"),
+        2,
+        "entry 1 is an empty label set [] (it would ask for an unconditioned image)",
+        setup=_both(
+            _write("labels.json", '[["red cube"], []]'),
+            _write("grid.png", EARLIER_GRID),
+            _remember("grid.png"),
+        ),
+        check=_unchanged("grid.png"),
+    ),
+    Row(
+        "generate-unknown-label",
+        _generate("{tmp}/labels.json"),
+        2,
+        "entry 0: unknown label 'pink cube': the model ",
+        setup=_both(
+            _generator_model,
+            _write("labels.json", '[["pink cube"]]'),
+            _write("grid.png", EARLIER_GRID),
+            _remember("grid.png"),
+        ),
+        check=_unchanged("grid.png"),
+    ),
+    Row(
+        "generate-malformed-labels",
+        _generate("{tmp}/labels.json"),
+        2,
+        "labels.json: invalid JSON at line 1",
+        setup=_write("labels.json", '[["red cube"'),
+    ),
+    Row(
+        "generate-out-below-a-file",
+        _generate(out="{tmp}/a-file/grid.png", model="models:/earlier-cgan@champion"),
+        2,
+        "a-file is a file, not a folder",
+        setup=_write("a-file", "not a folder\n"),
+    ),
+    Row(
+        "generate-model-is-a-checkpoint",
+        _generate(model="{tmp}/run/last.pt"),
+        2,
+        "run/last.pt: a file, not an MLflow model",
+        setup=_earlier_run,
+    ),
+    Row(
+        "generate-model-not-a-generator",
+        _generate(model="models:/earlier-cgan@champion"),
+        2,
+        "--model models:/earlier-cgan@champion: not an MLflow model (no MLmodel file in it)",
+    ),
+    # --- search.promote: argument errors, before a version is registered
+    Row(
+        "promote-reserved-alias",
+        ["-m", "search.promote", "--experiment", "earlier", "--alias", "latest"],
+        2,
+        "--alias: 'latest': an alias is 1-255 letters, digits, _ or - ('latest' and v<N> are reserved)",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     "row", [pytest.param(r, id=r.id, marks=[pytest.mark.slow] if r.slow else []) for r in ROWS]
 )
