@@ -194,3 +194,32 @@ def test_cli_check_and_show(iclevr_folder, tmp_path):
     contact_sheet(iclevr_folder, sheet)
     with Image.open(sheet) as im:
         assert im.width == 8 * 128
+
+
+def test_16_bit_gray_is_scaled_not_clipped(tmp_path):
+    # convert("RGB") of Pillow's I;16 clips at 255: all but the darkest 1/256 of the range turned white
+    gray = (np.arange(20 * 20, dtype=np.uint32).reshape(20, 20) * 163).astype(np.uint16)  # 0 .. 65037
+    root = make_iclevr_folder(tmp_path / "ds", {"a.png": ["red cube"]}, size=(20, 20))
+    Image.fromarray(gray).save(root / "images" / "a.png")
+    with Image.open(root / "images" / "a.png") as im:
+        assert im.mode == "I;16"
+    ds = data.read_iclevr(root, size=20, progress=False)
+    np.testing.assert_array_equal(ds.images[0], np.repeat((gray >> 8).astype(np.uint8)[..., None], 3, -1))
+
+
+def test_image_modes_without_a_faithful_conversion_are_refused(tmp_path):
+    root = make_iclevr_folder(tmp_path / "ds", {"a.png": ["red cube"]})
+    Image.new("F", (20, 20), 0.5).save(root / "images" / "a.png", format="TIFF")
+    with pytest.raises(DataError, match=r"a.png: image mode 'F' is not accepted .*convert it to 8-bit RGB"):
+        data.read_iclevr(root, size=8, progress=False)
+
+
+def test_a_folders_own_test_files_are_checked_with_its_images(tmp_path):
+    root = make_iclevr_folder(tmp_path / "ds")
+    first = data.load_dataset(root, size=8, progress=False)  # packs it: the next load is a cache hit
+    (root / "new_test.json").write_text(json.dumps([["red cube"], ["pink cube"]]))
+    for load in (data.read_iclevr, data.load_dataset):
+        with pytest.raises(DataError, match=r"new_test.json: entry 1: unknown label 'pink cube'"):
+            load(root, size=8, progress=False)
+    (root / "new_test.json").write_text(json.dumps([["red cube"]]))
+    assert data.load_dataset(root, size=8, progress=False).fingerprint == first.fingerprint
