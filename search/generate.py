@@ -31,7 +31,7 @@ from search.options import (
     tracking_unreachable,
     tracking_uri_or_default,
 )
-from trainers.cli import output_file, output_folder, run_command
+from trainers.cli import output_file, output_folder, run_command, seed_int
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what the grid writer (Pillow, by suffix) is asked to write
 REGISTRY_SCHEMES = ("models:/", "runs:/")  # model URIs resolved through the tracking store
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="JSON list of label lists, or test / new_test (bundled)")
     p.add_argument("--out", type=output_file(*IMAGE_SUFFIXES), required=True, help="grid PNG to write")
     p.add_argument("--per-image", type=output_folder, help="also write one PNG per entry into this folder")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same images)")
+    p.add_argument("--seed", type=seed_int, default=0, help="noise seed (same seed, same images)")
     p.add_argument(
         "--tracking-uri", help="MLflow tracking/registry URI (default: sqlite:///$CGAN_SEARCH_HOME/mlflow.db)"
     )

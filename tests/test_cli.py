@@ -71,7 +71,8 @@ def test_train_cli_rejects_zero_epochs():
 @pytest.mark.parametrize(
     ("kind", "text", "message"),
     [
-        (cli.seed_int, "-1", "expected an integer >= 0, got '-1'"),
+        (cli.seed_int, "-1", "expected an integer from 0 to 4294967295, got '-1'"),
+        (cli.seed_int, str(2**32), f"got '{2**32}'"),
         (cli.positive_float, "nan", "expected a number > 0, got 'nan'"),
         (cli.positive_float, "0", "expected a number > 0, got '0'"),
         (cli.positive_float, "inf", "expected a number > 0, got 'inf'"),
@@ -147,12 +148,12 @@ TRAIN_ARGS = ["--preset", "dcgan_bce", "--data", "digits", "--epochs", "1"]
 @pytest.mark.parametrize(
     ("cli_name", "argv", "message"),
     [
-        ("train", [*TRAIN_ARGS, "--seed", "-1"], "--seed: expected an integer >= 0, got '-1'"),
+        ("train", [*TRAIN_ARGS, "--seed", "-1"], "--seed: expected an integer from 0 to 4294967295, got '-1'"),
         ("train", [*TRAIN_ARGS, "--device", "bogus"], "--device: unknown device 'bogus'"),
         ("train", [*TRAIN_ARGS, "--out", "{tmp}/a-file"], "a-file: exists and is not a folder"),
         ("train", [*TRAIN_ARGS, "--threads", "0"], "--threads: expected an integer >= 1, got '0'"),
         ("train", ["--data", "digits", "--epochs", "1"], "the following arguments are required: --preset"),
-        ("data", ["render", "--out", "{tmp}/r", "--scenes", "1", "--seed", "-1"], "--seed: expected an integer >= 0"),
+        ("data", ["render", "--out", "{tmp}/r", "--scenes", "1", "--seed", "-1"], "--seed: expected an integer from 0"),
         ("data", ["pack", "{tmp}", "--out", "{tmp}/p.txt"], "p.txt: expected a file name ending in .parquet"),
         ("data", ["show", "{tmp}", "--out", "{tmp}/sheet.xyz"], "sheet.xyz: expected a file name ending in .png"),
         ("data", ["check", "{tmp}", "--size", "0"], "--size: expected an integer >= 1, got '0'"),
@@ -161,6 +162,7 @@ TRAIN_ARGS = ["--preset", "dcgan_bce", "--data", "digits", "--epochs", "1"]
         ("evaluator", ["fit", "--data", "digits", "--lr", "-1"], "--lr: expected a number > 0, got '-1'"),
         ("evaluator", ["fit", "--data", "digits", "--out", "{tmp}/a-file/e.pt"], "a-file is a file, not a folder"),
         ("evaluator", ["score", "--evaluator", "e.pt", "--data", "digits", "--device", "x"], "unknown device 'x'"),
+        ("generate", ["--model", "m", "--labels", "test", "--out", "{tmp}/g.png", "--seed", "1" + "0" * 23], "--seed: expected an integer from 0"),
         ("spaces", ["check", "spaces/smoke.yaml", "--samples", "x"], "--samples: expected an integer >= 1, got 'x'"),
         ("generate", ["--model", "m", "--labels", "test", "--out", "{tmp}"], "expected a file name ending in .png"),
         ("generate", ["--model", "m", "--labels", "test", "--out", "{tmp}/g.png", "--per-image", "{tmp}/a-file"],

@@ -39,8 +39,20 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
-# numpy's legacy seeding (np.random.seed) takes 0 .. 2**32 - 1: a seed outside fails deep inside a run
-seed_int = int_at_least(0)
+SEED_MAX = (
+    2**32 - 1
+)  # numpy's legacy seeding (np.random.seed) takes 0 .. 2**32 - 1; outside, a run fails late
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a random seed, 0 .. 2**32 - 1 (what every RNG the project seeds accepts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {SEED_MAX}, got {text!r}")
+    return value
 
 
 def positive_float(text: str) -> float:
