@@ -116,6 +116,23 @@ def test_token_file_is_created_and_tightened_owner_only(tmp_path, monkeypatch):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == token  # the same token kept
 
 
+def test_tracking_credentials_leave_the_uri_for_mlflow_env_vars(monkeypatch, tmp_path):
+    from search.options import redacted, tracking_uri_or_default
+
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    uri = tracking_uri_or_default("https://me:p%40ss:w@mlflow.example.org:8443/prefix", tmp_path)
+    assert uri == "https://mlflow.example.org:8443/prefix"
+    assert (
+        os.environ["MLFLOW_TRACKING_USERNAME"] == "me" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss:w"
+    )
+    assert tracking_uri_or_default("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+    # a database store needs its password in the URI: kept there, shown as ***
+    db = "postgresql://me:pw@db.example.org/mlflow"
+    assert tracking_uri_or_default(db, tmp_path) == db
+    assert redacted(db) == "postgresql://me:***@db.example.org/mlflow" and redacted(uri) == uri
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
