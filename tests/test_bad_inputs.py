@@ -506,6 +506,12 @@ def _generator_model(tmp: Path) -> None:
     shutil.copytree(_GENERATOR_MODEL[0], tmp / "model")
 
 
+def _truncated_image(tmp: Path) -> None:
+    _iclevr(tmp)
+    path = tmp / "ds" / "images" / "CLEVR_train_000001_1.png"
+    path.write_bytes(path.read_bytes()[:200])
+
+
 ROWS += [
     # --- trainers.train: --resume of what is not this run's checkpoint; the file is left as it was
     Row(
@@ -558,6 +564,13 @@ ROWS += [
         [*TRAIN_BASE, "--epochs", "1", "--size", "13"],
         2,
         "--size: expected a power of two >= 8 (8, 16, 32, 64, 128), got '13'",
+    ),
+    Row(
+        "train-truncated-image-in-the-data",  # the world's cache files are checked intact after it, as always
+        [*TRAIN_BASE[:-1], "{tmp}/ds", "--size", "16", "--epochs", "1"],
+        2,
+        "CLEVR_train_000001_1.png: corrupt or truncated image",
+        setup=_truncated_image,
     ),
     # --- trainers.data: what check used to call "all valid"
     Row(
