@@ -375,6 +375,10 @@ def _resume_state(args: argparse.Namespace, config: TrainConfig, out: Path) -> d
     costs seconds, not a pack build)."""
     state = load_checkpoint(args.resume, mmap=True)
     missing = [k for k in RESUME_KEYS if k not in state]
+    data = state.get("data")
+    missing += [
+        f"data.{k}" for k in ("image_size", "n_classes") if not isinstance(data, dict) or k not in data
+    ]
     if missing:
         raise ConfigError(f"{args.resume}: cannot resume from it, it lacks {', '.join(missing)}")
     _check_resumable(state, config, {**state["data"], "image_size": args.size}, args.resume)
