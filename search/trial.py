@@ -7,6 +7,8 @@ on any node of a cluster; the only paths it uses are absolute ones Tune gives it
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import json
 import os
@@ -74,7 +76,8 @@ def scratch_dir(experiment: str, trial_id: str) -> Path:
     """Where a trial's trainer writes, on the node the trial runs on: outside the trial directory, because
     Tune copies that directory to storage with every experiment snapshot (scratch checkpoints would be
     copied too). The trial removes it in a `finally` however it ends: done, diverged, failed, or stopped by
-    ASHA (Tune stops a function trial by raising SystemExit in its `tune.report` call)."""
+    ASHA (Tune stops a function trial by raising SystemExit in its `tune.report` call), and at the worker's
+    exit (atexit), which a stop can reach before that `finally` has finished."""
     return Path(tempfile.gettempdir()) / "cgan-search-trials" / f"{experiment}-{trial_id}"
 
 
@@ -140,6 +143,10 @@ def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
         last["epoch"] = ev.epoch
 
     scratch.mkdir(parents=True)
+    # ASHA's stop ends this thread with SystemExit while Ray already ends the actor: the `finally` below can
+    # be cut short (seen with width-128 trials). Ray runs an actor's atexit handlers, in its main thread.
+    remove_scratch = functools.partial(shutil.rmtree, scratch, ignore_errors=True)
+    atexit.register(remove_scratch)
     try:
         evaluator = load_evaluator(setup, device)
         resume, restored = _restore(scratch)
@@ -168,4 +175,5 @@ def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
         tune.report({**failed, "epoch": last["epoch"] + 1, "step": err.step, "diverged": 1})
     finally:
         # On whatever node the trial ran, however it ended (ASHA's stop included): nothing stays in /tmp.
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_scratch()
+        atexit.unregister(remove_scratch)  # a reused actor runs the next trial: no stale handler
