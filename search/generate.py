@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from search.options import (
@@ -32,6 +30,7 @@ from search.options import (
     tracking_uri_or_default,
 )
 from trainers.cli import output_file, output_folder, run_command, seed_int
+from trainers.files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what the grid writer (Pillow, by suffix) is asked to write
 REGISTRY_SCHEMES = ("models:/", "runs:/")  # model URIs resolved through the tracking store
@@ -151,19 +150,6 @@ def load_generator_model(model: str):
     return loaded, inner
 
 
-def _atomic(path: Path, write) -> None:
-    """write(tmp) then rename onto `path`: an earlier file is replaced whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_images(images, out: Path, per_image: Path | None) -> None:
     """uint8 (B, H, W, 3) -> a grid PNG (8 per row) and optionally one PNG per image."""
     import torch
@@ -171,11 +157,11 @@ def write_images(images, out: Path, per_image: Path | None) -> None:
     from torchvision.utils import save_image
 
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)  # (B, 3, H, W)
-    _atomic(out, lambda tmp: save_image(tensor, tmp, nrow=8, padding=2))
+    atomic_write(out, lambda tmp: save_image(tensor, tmp, nrow=8, padding=2))
     if per_image is not None:
         per_image.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):
-            _atomic(per_image / f"{i:04d}.png", lambda tmp, im=image: Image.fromarray(im).save(tmp))
+            atomic_write(per_image / f"{i:04d}.png", lambda tmp, im=image: Image.fromarray(im).save(tmp))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,14 +11,12 @@ import argparse
 import os
 import re
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from trainers.cli import int_at_least, non_negative_int, positive_int
+from trainers.cli import OneLineParser, int_at_least, non_negative_int, positive_int
 
 HOME_ENV = "CGAN_SEARCH_HOME"
 OBJECTIVES = {"acc": "max", "fid": "min"}  # metric -> direction; ASHA always stops on acc
@@ -105,14 +103,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input is one line on stderr and exit status 2 (argparse would also print a long usage block)."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
 
 
 def default_home() -> Path:

@@ -27,11 +27,11 @@ from trainers.evaluator.model import (
     RESOLUTION,
     Evaluator,
     EvaluatorError,
-    _atomic_write,
     file_sha256,
     read_sidecar,
     sidecar_path,
 )
+from trainers.files import atomic_write
 
 SAMPLE = 3000  # images scored: the standard error of a ~0.9 accuracy over ~6,000 labels is ~0.004
 SEED = 0  # the sample is fixed: the same data always gives the same images, hence comparable figures
@@ -203,7 +203,7 @@ def calibrate(
         "device": str(ev.device),
     }
     text = json.dumps(record, indent=2) + "\n"
-    _atomic_write(cache, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(cache, lambda tmp: Path(tmp).write_text(text))
     return {**record, "cached": False, "cache": str(cache)}
 
 

@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
 from trainers.evaluator.metrics import topk_accuracy
+from trainers.files import atomic_write
 
 RESOLUTION = 64  # the official evaluator was trained on (upsampled) 64x64 images
 OFFICIAL_WIDTH = 64  # torchvision resnet18's stem width; layers are width, 2w, 4w, 8w
@@ -106,19 +106,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 class Evaluator:
     """A ResNet18 judge on a device: scores, penultimate features and the official accuracy.
 
@@ -191,7 +178,7 @@ class Evaluator:
         """Write the official-format checkpoint, then its sidecar (with the checkpoint's sha256), atomically."""
         path = Path(path)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        _atomic_write(path, lambda tmp: torch.save({"model": state}, tmp))
+        atomic_write(path, lambda tmp: torch.save({"model": state}, tmp))
         self.meta = {
             **(meta or self.meta),
             "n_classes": self.n_classes,
@@ -201,7 +188,7 @@ class Evaluator:
             "checkpoint_sha256": file_sha256(path),
         }
         text = json.dumps(self.meta, indent=2) + "\n"
-        _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text))
+        atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text))
         return path
 
     # -- scoring --------------------------------------------------------------------------------------
