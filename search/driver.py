@@ -41,7 +41,7 @@ def main(entry: EntryDefaults, argv: list[str] | None = None) -> int:
     from spaces import SpaceError
     from trainers.data import DataError
     from trainers.evaluator import EvaluatorError
-    from trainers.models.registry import ConfigError
+    from trainers.registry import ConfigError
 
     try:
         check_before_ray(probe, parser)

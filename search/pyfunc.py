@@ -72,7 +72,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         """model_input: a DataFrame (or dict) with a "labels" column of label-name lists; params: {"seed"}."""
         import torch
 
-        from trainers.infogan import Latent
+        from trainers.latent import Latent
 
         label_sets = [[x] if isinstance(x, str) else list(x) for x in model_input["labels"]]
         y = torch.from_numpy(multi_hot(label_sets, self.classes))  # (B, C)

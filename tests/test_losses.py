@@ -7,7 +7,7 @@ import torch
 
 from trainers.augment import AUGMENTS, diff_augment, parse_policy
 from trainers.losses import LOSSES, aux_loss, clip_weights, gradient_penalty
-from trainers.models import ConfigError
+from trainers.registry import ConfigError
 
 
 def logits(v: float) -> torch.Tensor:

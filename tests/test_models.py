@@ -8,19 +8,12 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
+from trainers.build import attention_resolutions, build_discriminator, build_generator, latent_dim, q_dim
 from trainers.config import TrainConfig
-from trainers.models import (
-    ARCHITECTURES,
-    ConfigError,
-    attention_resolutions,
-    build_discriminator,
-    build_generator,
-    latent_dim,
-    lookup,
-    q_dim,
-)
+from trainers.models.archs import ARCHITECTURES
 from trainers.models.conditioning import D_CONDITIONING, G_CONDITIONING
 from trainers.models.layers import D_NORMS, G_NORMS, INITS, SelfAttention
+from trainers.registry import ConfigError, lookup
 
 from .tiny import N_CLASSES, TINY
 
@@ -56,15 +49,15 @@ def test_generator_shape_and_range(arch, g_cond, g_norm, size):
 
 D_CONDS = sorted(D_CONDITIONING) + ["channel+acgan", "late+acgan"]
 D_COMBOS = [
-    (a, c, n)
-    for a, c, n in itertools.product(sorted(ARCHITECTURES), D_CONDS, sorted(D_NORMS))
-    if not (a == "sagan" and n != "spectral")  # SAGAN is defined with spectral norm (test_step)
+    (a, c, n, s)
+    for a, c, n, s in itertools.product(sorted(ARCHITECTURES), D_CONDS, sorted(D_NORMS), (False, True))
+    if not (a == "sagan" and not s)  # SAGAN is defined with spectral norm (test_step)
 ]
 
 
-@pytest.mark.parametrize(("arch", "d_cond", "d_norm"), D_COMBOS)
-def test_discriminator_outputs(arch, d_cond, d_norm):
-    cfg = config(arch=arch, d_cond=d_cond, d_norm=d_norm)
+@pytest.mark.parametrize(("arch", "d_cond", "d_norm", "spectral"), D_COMBOS)
+def test_discriminator_outputs(arch, d_cond, d_norm, spectral):
+    cfg = config(arch=arch, d_cond=d_cond, d_norm=d_norm, d_spectral=spectral, g_spectral=spectral)
     d = build_discriminator(cfg, image_size=16, n_classes=N_CLASSES)
     out = d(torch.randn(3, 3, 16, 16), labels(3))
     assert out.logits.shape == (3,) and out.logits.dtype == torch.float32
@@ -108,6 +101,12 @@ def test_spectral_norm_goes_where_asked():
     assert spectral(build_discriminator(config(d_norm="spectral"), image_size=16, n_classes=N_CLASSES))
     assert not spectral(build_discriminator(config(d_norm="layer"), image_size=16, n_classes=N_CLASSES))
     assert not spectral(build_generator(config(), image_size=16, n_classes=N_CLASSES))
+    # The two choices are independent: a norm layer and spectral weights together, G alone.
+    both = build_discriminator(config(d_norm="layer", d_spectral=True), image_size=16, n_classes=N_CLASSES)
+    assert spectral(both) and any(isinstance(m, torch.nn.GroupNorm) for m in both.modules())
+    assert spectral(
+        build_generator(config(d_norm="none", g_spectral=True), image_size=16, n_classes=N_CLASSES)
+    )
     sagan = config(arch="sagan")
     assert spectral(build_generator(sagan, image_size=16, n_classes=N_CLASSES))
     assert any(

@@ -17,7 +17,14 @@ from trainers.data import DeviceData, ImageSet
 from trainers.step import build_gan, train_step
 
 REQUIRED = {"arch": "dcgan", "loss": "hinge", "g_cond": "concat", "d_cond": "channel"}
-PRESETS = ["acgan_wgan_gp", "dcgan_bce", "infogan_digits", "sagan_wgan_gp", "wgan_clip", "wgan_gp_instance"]
+PRESETS = [
+    "acgan_wgan_gp",
+    "dcgan_nonsat",
+    "infogan_digits",
+    "sagan_wgan_gp",
+    "wgan_clip",
+    "wgan_gp_instance",
+]
 
 
 def test_every_preset_of_the_issue_exists():
@@ -77,14 +84,15 @@ def test_recipes_match_the_issue():
         100,
     )
     sagan = load_preset("sagan_wgan_gp")
-    assert (sagan.arch, sagan.d_norm, sagan.lr_g, sagan.lr_d, sagan.z_dim, sagan.embed_dim) == (
+    assert (sagan.arch, sagan.d_norm, sagan.d_spectral, sagan.g_spectral, sagan.lr_g, sagan.lr_d) == (
         "sagan",
-        "spectral",
+        "none",
+        True,
+        True,
         1e-4,
         4e-4,
-        128,
-        100,
     )
+    assert (sagan.z_dim, sagan.embed_dim) == (128, 100)
     clip = load_preset("wgan_clip")
     assert (clip.loss, clip.optimizer, clip.lr_d, clip.clip, clip.n_critic) == (
         "wgan",
@@ -143,8 +151,10 @@ def test_types_are_coerced_only_where_nothing_is_lost():
 
 
 def test_construction_validates():
-    with pytest.raises(ConfigError, match="loss wgan with d_norm spectral"):
-        TrainConfig(arch="dcgan", loss="wgan", g_cond="concat", d_cond="channel", d_norm="spectral")
+    with pytest.raises(ConfigError, match="loss wgan with d_spectral"):
+        TrainConfig(arch="dcgan", loss="wgan", g_cond="concat", d_cond="channel", d_spectral=True)
+    with pytest.raises(ConfigError, match="old spelling of d_norm: none with d_spectral: true"):
+        TrainConfig(arch="dcgan", loss="hinge", g_cond="concat", d_cond="channel", d_norm="spectral")
 
 
 def test_every_default_says_why():
@@ -152,3 +162,21 @@ def test_every_default_says_why():
     for f in dataclasses.fields(TrainConfig):
         line = next(ln for ln in source.splitlines() if re.match(rf"\s+{f.name}: ", ln))
         assert "  # " in line, f"field {f.name} has no one-line why"
+
+
+def test_former_preset_names_still_load():
+    assert load_preset("dcgan_bce") == load_preset("dcgan_nonsat")
+    assert load_preset("dcgan_nonsat").loss == "nonsat"  # the name says what it trains
+    assert "dcgan_bce" not in preset_names()
+
+
+def test_old_spelling_of_spectral_norm_is_read_as_the_two_choices():
+    old = TrainConfig.from_dict({**REQUIRED, "d_norm": "spectral"})
+    assert (old.d_norm, old.d_spectral, old.g_spectral) == ("none", True, False)
+    sagan = TrainConfig.from_dict({**REQUIRED, "arch": "sagan", "d_cond": "projection", "d_norm": "spectral"})
+    assert (sagan.d_norm, sagan.d_spectral, sagan.g_spectral) == ("none", True, True)  # G was spectral too
+    assert TrainConfig.from_dict(sagan.to_dict()) == sagan
+    with pytest.raises(ConfigError, match="defined with spectral norm in G and D"):
+        TrainConfig.from_dict({**REQUIRED, "arch": "sagan", "d_norm": "none", "d_spectral": True})
+    with pytest.raises(ConfigError, match="d_spectral false"):
+        TrainConfig.from_dict({**REQUIRED, "d_norm": "spectral", "d_spectral": False})

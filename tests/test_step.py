@@ -15,7 +15,7 @@ import trainers.step
 from trainers.config import ConfigError, TrainConfig
 from trainers.data import DeviceData
 from trainers.losses import LOSSES
-from trainers.models import ARCHITECTURES
+from trainers.models.archs import ARCHITECTURES
 from trainers.models.conditioning import D_CONDITIONING, G_CONDITIONING
 from trainers.models.layers import D_NORMS
 from trainers.step import Diverged, build_gan, train_step
@@ -34,16 +34,27 @@ def data() -> DeviceData:
 D_CONDS = sorted(D_CONDITIONING) + [
     f"{m}+acgan" for m in sorted(D_CONDITIONING) if m not in ("none", "acgan")
 ]
+# D's norm layer, and whether spectral norm wraps the weights (of D and of G alike here): every norm plain,
+# and SNGAN's no norm + spectral weights.
+D_WEIGHTS = [(n, False) for n in sorted(D_NORMS)] + [("none", True)]
 COMBOS = list(
-    itertools.product(sorted(ARCHITECTURES), sorted(LOSSES), sorted(D_NORMS), D_CONDS, sorted(G_CONDITIONING))
+    itertools.product(sorted(ARCHITECTURES), sorted(LOSSES), D_WEIGHTS, D_CONDS, sorted(G_CONDITIONING))
 )
+KEYS = ("arch", "loss", "d_weights", "d_cond", "g_cond")
+
+
+def as_config(combo: tuple) -> dict:
+    d = dict(zip(KEYS, combo, strict=True))
+    d["d_norm"], d["d_spectral"] = d.pop("d_weights")
+    return {**d, "g_spectral": d["d_spectral"]}
+
 
 # The rules validate() must enforce, written independently of it: (predicate, fragment of the message).
 INVALID = [
     (lambda c: c["d_cond"] == "projection+acgan", "projection+acgan"),
-    (lambda c: c["loss"] == "wgan" and c["d_norm"] == "spectral", "loss wgan with d_norm spectral"),
+    (lambda c: c["loss"] == "wgan" and c["d_spectral"], "loss wgan with d_spectral"),
     (lambda c: c["loss"] == "wgan_gp" and c["d_norm"] == "batch", "loss wgan_gp with d_norm batch"),
-    (lambda c: c["arch"] == "sagan" and c["d_norm"] != "spectral", "arch sagan with d_norm"),
+    (lambda c: c["arch"] == "sagan" and not c["d_spectral"], "arch sagan with d_spectral false"),
 ]
 
 
@@ -52,9 +63,9 @@ def expected_error(combo: dict) -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("arch", "loss", "d_norm", "d_cond", "g_cond"), COMBOS)
-def test_one_step_every_combination(arch, loss, d_norm, d_cond, g_cond, data):
-    combo = {"arch": arch, "loss": loss, "d_norm": d_norm, "d_cond": d_cond, "g_cond": g_cond}
+@pytest.mark.parametrize(KEYS, COMBOS)
+def test_one_step_every_combination(arch, loss, d_weights, d_cond, g_cond, data):
+    combo = as_config((arch, loss, d_weights, d_cond, g_cond))
     fragment = expected_error(combo)
     if fragment is not None:
         with pytest.raises(ConfigError, match=re.escape(fragment)):
@@ -72,10 +83,7 @@ def test_one_step_every_combination(arch, loss, d_norm, d_cond, g_cond, data):
 
 
 def test_the_combination_grid_covers_valid_and_invalid():
-    n_invalid = sum(
-        expected_error(dict(zip(("arch", "loss", "d_norm", "d_cond", "g_cond"), c, strict=True))) is not None
-        for c in COMBOS
-    )
+    n_invalid = sum(expected_error(as_config(c)) is not None for c in COMBOS)
     assert 0 < n_invalid < len(COMBOS) / 2
 
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from trainers.config import TrainConfig
 from trainers.evaluator import Evaluator, ResNet18
-from trainers.infogan import Latent, code_accuracy, info_loss, matched_accuracy
+from trainers.evaluator.protocol import code_accuracy, matched_accuracy
+from trainers.latent import Latent, info_loss
 from trainers.train import Diverged, EvalReport, main, steps_per_epoch, train
 
 from .tiny import N_CLASSES, TINY, random_set

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainers.models.registry import lookup
+from trainers.registry import lookup
 
 
 def _brightness(x: Tensor) -> Tensor:

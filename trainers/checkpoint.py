@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainers.build import build_generator, eval_weights
 from trainers.config import ConfigError, TrainConfig
-from trainers.models import Generator, build_generator
+from trainers.models.generators import Generator
 from trainers.step import GAN
 
 FORMAT = 1
@@ -140,17 +141,15 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
-    """A trainer checkpoint. Its config gets the defaults of keys added since it was saved (each new key's
-    default is the old behaviour, e.g. flip off), so older checkpoints resume and load. `mmap` reads tensors
-    only when touched: slimming a 400 MiB checkpoint to its generator reads the generator's bytes alone."""
+    """A trainer checkpoint. Its config is read as today's fields (the defaults of keys added since it was
+    saved, each the old behaviour, e.g. flip off; old spellings such as d_norm: spectral upgraded), so older
+    checkpoints resume and load. `mmap` reads tensors only when touched: slimming a 400 MiB checkpoint to its
+    generator reads the generator's bytes alone. Raises CheckpointError (one line) for anything else."""
     state = _torch_load(path, mmap=mmap)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: {_what_instead(state)}")
     if "config" in state:
-        try:
-            state["config"] = _with_defaults(state["config"])
-        except (ConfigError, TypeError, AttributeError) as err:
-            raise CheckpointError(f"{path}: its config is not valid for this code: {err}") from None
+        state["config"] = _current_config(path, state["config"])
     return state
 
 
@@ -196,8 +195,12 @@ def _what_instead(state: Any) -> str:
     return f"{kind}, not a trainer checkpoint (trainers.train writes RUN/last.pt and RUN/best.pt)"
 
 
-def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    return {**TrainConfig.from_dict(config).to_dict(), **config}
+def _current_config(path: str | os.PathLike, config: Any) -> dict[str, Any]:
+    """A saved config dict as this code's TrainConfig reads it (new keys' defaults, old spellings upgraded)."""
+    try:
+        return TrainConfig.from_dict(config).to_dict()
+    except (ConfigError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: its config is not valid for this code: {err}") from None
 
 
 def restore(gan: GAN, state: dict[str, Any], *, data_generator: torch.Generator) -> int:
@@ -215,13 +218,12 @@ def restore(gan: GAN, state: dict[str, Any], *, data_generator: torch.Generator)
 
 def generator_state(state: dict[str, Any]) -> dict[str, Any]:
     """The generator file of a trainer checkpoint: what sampling needs, nothing to resume training with.
-    The one place that picks the EMA weights over G's (evaluation uses the same, `GAN.generator_for_eval`)."""
-    ema = state["G_ema"] is not None
+    The EMA weights over G's, as evaluation picks them (`trainers.build.eval_weights`)."""
     return {
         "config": state["config"],
         "data": state["data"],
-        "ema": ema,
-        "state_dict": state["G_ema"] if ema else state["G"],
+        "ema": state["G_ema"] is not None,
+        "state_dict": eval_weights(state["G"], state["G_ema"]),
     }
 
 
@@ -230,13 +232,14 @@ def is_generator_file(state: Any) -> bool:
 
 
 def read_generator(path: str | os.PathLike) -> dict[str, Any]:
-    """The generator file at `path`, or the generator part of the trainer checkpoint at `path`."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    """The generator file at `path`, or the generator part of the trainer checkpoint at `path`. Raises
+    CheckpointError (one line) for a file that is neither."""
+    state = _torch_load(path, mmap=True)
     if is_generator_file(state):
-        return {**state, "config": _with_defaults(state["config"])}
+        return {**state, "config": _current_config(path, state["config"])}
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        return generator_state({**state, "config": _with_defaults(state["config"])})
-    raise ValueError(f"{path}: neither a trainer checkpoint (format {FORMAT}) nor a generator file")
+        return generator_state({**state, "config": _current_config(path, state["config"])})
+    raise CheckpointError(f"{path}: neither a trainer checkpoint (format {FORMAT}) nor a generator file")
 
 
 def save_generator(source: str | os.PathLike, path: str | os.PathLike) -> dict[str, Any]:
@@ -261,5 +264,5 @@ def load_generator(
 ) -> tuple[Generator, TrainConfig, dict]:
     """The generator to use for sampling (EMA weights when the run kept an EMA), in eval mode, with its
     config and data info (image_size, n_classes, classes, fingerprint), from a trainer checkpoint or a
-    generator file. Draw z with `trainers.infogan.Latent.from_config(config).sample(...)`."""
+    generator file. Draw z with `trainers.latent.Latent.from_config(config).sample(...)`."""
     return build_from_generator(read_generator(path), device=device)

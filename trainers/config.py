@@ -3,6 +3,17 @@
 Only data-independent choices live here; image size and class count come from the data when the networks
 are built. Every default says why it is the default. All compatibility rules are in `validate()`, which
 runs on construction, so a `TrainConfig` that exists is one that can be trained.
+
+D's normalisation and spectral normalisation are separate choices (`d_norm`, `d_spectral`; `g_norm`,
+`g_spectral`): a norm layer rescales activations, spectral norm rescales each weight matrix by its largest
+singular value, and a recipe may want either, both or neither (SNGAN: spectral and no norm; a spectral D
+with layer norm is also a valid critic). Older configs and the shipped spaces spell "no norm + spectral
+weights in D" as `d_norm: spectral`; `from_dict` reads that spelling (`upgrade_legacy`), so their
+checkpoints load and their searches draw the same parameters.
+
+Layering: this module imports the leaf registries only (`trainers.registry`, losses, optimizers, the
+architecture/norm/conditioning tables under trainers/models, the DiffAugment policy names); networks are
+built from a config in `trainers.build`, trained in `trainers.step`.
 """
 
 from __future__ import annotations
@@ -19,15 +30,26 @@ import yaml
 
 from trainers.augment import parse_policy
 from trainers.losses import LOSSES
-from trainers.models import ARCHITECTURES
+from trainers.models.archs import ARCHITECTURES
 from trainers.models.conditioning import D_CONDITIONING, G_CONDITIONING, split_d_cond
 from trainers.models.layers import D_NORMS, G_NORMS, INITS
-from trainers.models.registry import ConfigError, lookup
-from trainers.step import OPTIMIZERS
+from trainers.optimizers import OPTIMIZERS
+from trainers.registry import ConfigError, lookup
 
-__all__ = ["ConfigError", "PRESETS_DIR", "TrainConfig", "load_preset", "preset_names"]
+__all__ = [
+    "ConfigError",
+    "PRESETS_DIR",
+    "PRESET_ALIASES",
+    "TrainConfig",
+    "legacy_spelling",
+    "load_preset",
+    "preset_names",
+    "upgrade_legacy",
+]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "spaces" / "presets"
+# Former preset names, still accepted (run folders, scripts and notes may hold them): old -> current.
+PRESET_ALIASES = {"dcgan_bce": "dcgan_nonsat"}  # it always trained loss nonsat, never bce
 
 
 @dataclass(frozen=True)
@@ -39,8 +61,10 @@ class TrainConfig:
     d_cond: str  # D_CONDITIONING, or an input method + "acgan" (e.g. channel+acgan)
 
     # --- Networks ---
-    d_norm: str = "batch"  # DCGAN's choice; WGAN-GP wants layer/instance, SNGAN spectral
+    d_norm: str = "batch"  # DCGAN's choice; WGAN-GP wants layer/instance, SNGAN none (with d_spectral)
+    d_spectral: bool = False  # off as in DCGAN; SNGAN / SAGAN bound D's Lipschitz constant with it
     g_norm: str = "batch"  # DCGAN's choice; cbn requires it (cbn is a conditional batch norm)
+    g_spectral: bool = False  # off as in DCGAN and SNGAN; SAGAN found it steadies G as well
     width: int = 64  # DCGAN's ngf = ndf = 64 at 64x64
     z_dim: int = 128  # SNGAN / BigGAN noise size; DCGAN's 100 performs the same
     embed_dim: int = 100  # label embedding for embed, cbn and late; the SAGAN report used 100
@@ -98,7 +122,7 @@ class TrainConfig:
         if missing:
             raise ConfigError(f"missing required config key(s): {', '.join(missing)}")
         types = get_type_hints(cls)
-        return cls(**{k: _coerce(k, v, types[k]) for k, v in d.items()})
+        return cls(**{k: _coerce(k, v, types[k]) for k, v in upgrade_legacy(d).items()})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,9 +133,14 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Every compatibility rule of the family, in one place. Raises ConfigError naming the conflict."""
-        lookup(ARCHITECTURES, self.arch, axis="arch")
+        arch = lookup(ARCHITECTURES, self.arch, axis="arch")
         lookup(LOSSES, self.loss, axis="loss")
         lookup(G_CONDITIONING, self.g_cond, axis="g_cond")
+        if self.d_norm == "spectral":
+            raise ConfigError(
+                "d_norm 'spectral' is the old spelling of d_norm: none with d_spectral: true "
+                "(TrainConfig.from_dict reads it; the constructor takes the current fields)"
+            )
         lookup(D_NORMS, self.d_norm, axis="d_norm")
         lookup(G_NORMS, self.g_norm, axis="g_norm")
         lookup(OPTIMIZERS, self.optimizer, axis="optimizer")
@@ -135,19 +164,20 @@ class TrainConfig:
                 "head; use channel+acgan or late+acgan",
             ),
             (
-                loss.clip and self.d_norm == "spectral",
-                "loss wgan with d_norm spectral: spectral norm already bounds D's Lipschitz constant, weight "
-                "clipping on top only cripples D; use wgan_gp or hinge, or another d_norm",
+                loss.clip and self.d_spectral,
+                "loss wgan with d_spectral: spectral norm already bounds D's Lipschitz constant, weight "
+                "clipping on top only cripples D; use wgan_gp or hinge, or d_spectral: false",
             ),
             (
                 loss.gp and self.d_norm == "batch",
                 "loss wgan_gp with d_norm batch: the gradient penalty is per sample and batch norm mixes "
-                "samples (Gulrajani et al. 2017); use layer, instance, spectral or none",
+                "samples (Gulrajani et al. 2017); use layer, instance or none (with or without d_spectral)",
             ),
             (
-                self.arch == "sagan" and self.d_norm != "spectral",
-                f"arch sagan with d_norm {self.d_norm}: SAGAN is defined with spectral norm in D; set "
-                "d_norm: spectral or use arch dcgan",
+                arch.spectral and not (self.d_spectral and self.g_spectral),
+                f"arch {self.arch} with d_spectral {str(self.d_spectral).lower()}, g_spectral "
+                f"{str(self.g_spectral).lower()}: {self.arch} is defined with spectral norm in G and D; set "
+                "d_spectral: true and g_spectral: true, or use arch dcgan",
             ),
             (
                 self.g_cond == "cbn" and self.g_norm != "batch",
@@ -155,8 +185,8 @@ class TrainConfig:
                 "g_norm: batch or choose concat/embed",
             ),
             (
-                self.arch == "infogan" and self.disc_codes + self.cont_codes < 1,
-                "arch infogan needs at least one latent code (disc_codes or cont_codes)",
+                arch.q_head and self.disc_codes + self.cont_codes < 1,
+                f"arch {self.arch} needs at least one latent code (disc_codes or cont_codes)",
             ),
             (
                 "acgan" in methods and self.aux_weight <= 0,
@@ -218,13 +248,41 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
     raise ConfigError(f"{name} = {value!r}: expected {kind.__name__}")
 
 
+def upgrade_legacy(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict in today's fields. Before d_spectral existed, `d_norm: spectral` meant no norm layer and
+    spectral-norm weights in D, and an architecture defined with spectral norm (SAGAN) put it in G as well;
+    the shipped spaces still sample that spelling, so that a seed draws what it drew before."""
+    d = dict(d)
+    if d.get("d_norm") != "spectral":
+        return d
+    if d.get("d_spectral") is False:
+        raise ConfigError("d_norm 'spectral' with d_spectral false: the old spelling means d_spectral true")
+    arch = ARCHITECTURES.get(d.get("arch"))  # type: ignore[arg-type]  # an unknown arch fails in validate()
+    d.update(d_norm="none", d_spectral=True)
+    if "g_spectral" not in d and arch is not None and arch.spectral:
+        d["g_spectral"] = True
+    return d
+
+
+def legacy_spelling(d: Mapping[str, Any]) -> dict[str, tuple[Any, tuple[str, ...]]]:
+    """The old spelling of a config dict's values, where it has one: {key: (old value, the other keys that
+    value also sets)}. A search space that samples `d_norm` from a list holding `spectral` and does not name
+    `d_spectral` reproduces this config only through the old value (`spaces.Space.fit` asks)."""
+    arch = ARCHITECTURES.get(d.get("arch"))  # type: ignore[arg-type]
+    implied_g = bool(arch is not None and arch.spectral)
+    if d.get("d_norm") == "none" and d.get("d_spectral") is True and bool(d.get("g_spectral")) == implied_g:
+        return {"d_norm": ("spectral", ("d_spectral", "g_spectral"))}
+    return {}
+
+
 def preset_names() -> list[str]:
+    """The current preset names (aliases in PRESET_ALIASES load too)."""
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
 def load_preset(name: str) -> TrainConfig:
-    """The recipe in spaces/presets/NAME.yaml."""
-    path = PRESETS_DIR / f"{name}.yaml"
+    """The recipe in spaces/presets/NAME.yaml (NAME may be a former name, see PRESET_ALIASES)."""
+    path = PRESETS_DIR / f"{PRESET_ALIASES.get(name, name)}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(preset_names())}")
     d = yaml.safe_load(path.read_text())

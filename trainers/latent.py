@@ -1,23 +1,21 @@
-"""The latent vector G draws (noise + InfoGAN codes), the mutual-information loss, and InfoGAN's accuracy.
+"""The latent vector every generator draws (noise, plus InfoGAN's codes) and InfoGAN's mutual-information loss.
 
 InfoGAN (Chen et al. 2016) appends a one-hot discrete code and uniform continuous codes to the noise; D's
 Q head recovers them, and both G and Q minimise the reconstruction loss (a variational bound on the mutual
-information). The codes are not labels, so accuracy is measured as the paper did on MNIST: generate per
-code value, classify, match code values to classes one-to-one (Hungarian), report the matched accuracy.
+information). The codes are not labels: how an InfoGAN is scored (code values matched to classes) is part
+of the evaluation protocol, trainers/evaluator/protocol.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainers.models import ARCHITECTURES
+from trainers.models.archs import ARCHITECTURES
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
@@ -42,6 +40,11 @@ class Latent:
         if not ARCHITECTURES[config.arch].q_head:
             return cls(config.z_dim)
         return cls(config.z_dim, config.disc_codes, config.cont_codes)
+
+    @property
+    def dim(self) -> int:
+        """Width of the vector: G's input before its conditioning front end."""
+        return self.z_dim + self.disc + self.cont
 
     @property
     def has_codes(self) -> bool:
@@ -93,44 +96,3 @@ def info_loss(q: Tensor, codes: Codes, *, disc_weight: float, cont_weight: float
         nll = 0.5 * (logvar + (codes.cont - mean).square() * torch.exp(-logvar))  # + const
         loss = loss + cont_weight * nll.mean()
     return loss
-
-
-def match_codes(codes: np.ndarray, predicted: np.ndarray, *, n_codes: int, n_classes: int) -> np.ndarray:
-    """(n_codes,) class of each code value, matched one-to-one so as to maximise agreement (Hungarian);
-    -1 for a code value left without a class (more codes than classes)."""
-    from scipy.optimize import linear_sum_assignment  # lazy: only the InfoGAN protocol needs scipy
-
-    counts = np.zeros((n_codes, n_classes), dtype=np.int64)
-    np.add.at(counts, (codes, predicted), 1)
-    rows, cols = linear_sum_assignment(counts, maximize=True)
-    mapping = np.full(n_codes, -1, dtype=np.int64)
-    mapping[rows] = cols
-    return mapping
-
-
-def matched_accuracy(codes: np.ndarray, predicted: np.ndarray, *, n_codes: int, n_classes: int) -> float:
-    """Accuracy after matching code values to classes one-to-one so as to maximise agreement (Hungarian)."""
-    mapping = match_codes(codes, predicted, n_codes=n_codes, n_classes=n_classes)
-    return float((mapping[codes] == predicted).sum() / max(len(codes), 1))
-
-
-def code_accuracy(
-    generate: Callable[[Tensor, torch.Generator], Tensor],
-    classify: Callable[[Tensor], Tensor],
-    *,
-    n_codes: int,
-    n_classes: int,
-    per_code: int = 100,
-    seed: int = 0,
-) -> float:
-    """InfoGAN's protocol: `generate(disc_codes (B,), cpu generator) -> images`, `classify(images) -> (B, C)`
-    scores; per_code images for each discrete value, then Hungarian-matched accuracy."""
-    codes, preds = [], []
-    for k in range(n_codes):
-        gen = torch.Generator().manual_seed(seed * 1000 + k)
-        disc = torch.full((per_code,), k, dtype=torch.long)
-        preds.append(classify(generate(disc, gen)).argmax(1).cpu().numpy())
-        codes.append(disc.numpy())
-    return matched_accuracy(
-        np.concatenate(codes), np.concatenate(preds), n_codes=n_codes, n_classes=n_classes
-    )

@@ -17,10 +17,13 @@ import torch
 from torch import Tensor
 
 from trainers.augment import diff_augment, parse_policy, random_hflip
-from trainers.infogan import Latent, info_loss
+from trainers.build import build_models, eval_weights
+from trainers.latent import Latent, info_loss
 from trainers.losses import LOSSES, Loss, aux_loss, clip_weights, gradient_penalty
-from trainers.models import Discriminator, Generator, build_models
-from trainers.models.registry import lookup
+from trainers.models.discriminators import Discriminator
+from trainers.models.generators import Generator
+from trainers.optimizers import OPTIMIZERS
+from trainers.registry import lookup
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
@@ -33,21 +36,6 @@ class Diverged(RuntimeError):
     def __init__(self, step: int) -> None:
         super().__init__(f"training diverged: non-finite loss detected at step {step}")
         self.step = step
-
-
-def _adam(params, *, lr: float, beta1: float, beta2: float, device: torch.device):
-    # The fused kernel is one launch per step on CUDA; the CPU keeps the reference implementation.
-    return torch.optim.Adam(
-        params, lr=lr, betas=(beta1, beta2), fused=True if device.type == "cuda" else None
-    )
-
-
-def _rmsprop(params, *, lr: float, beta1: float, beta2: float, device: torch.device):
-    # WGAN (Arjovsky et al. 2017): momentum-free, as momentum destabilised the clipped critic.
-    return torch.optim.RMSprop(params, lr=lr)
-
-
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adam": _adam, "rmsprop": _rmsprop}
 
 
 @dataclass(eq=False)
@@ -79,8 +67,8 @@ class GAN:
 
     @property
     def generator_for_eval(self) -> Generator:
-        """The EMA generator when EMA is on, else G."""
-        return self.G_ema if self.G_ema is not None else self.G
+        """The EMA generator when EMA is on, else G (`trainers.build.eval_weights`)."""
+        return eval_weights(self.G, self.G_ema)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")

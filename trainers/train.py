@@ -87,9 +87,10 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class _Judge:
-    """Evaluation of one run: generator in eval mode, RNG isolated so that training continues identically
-    whether or not (and however often) it evaluates."""
+class _EvalHarness:
+    """The evaluation harness of one run: it puts the generator in eval mode, isolates the RNG so that
+    training continues identically whether or not (and however often) it evaluates, and hands the images to
+    the judge (the evaluator) through the evaluation protocol."""
 
     def __init__(self, gan: GAN, data: Any, evaluator: Any, conditions: Mapping[str, Any], seed: int):
         self.gan, self.evaluator, self.seed = gan, evaluator, seed
@@ -172,7 +173,7 @@ def evaluate(
     gan: GAN, data: Any, evaluator: Any, conditions: Mapping[str, np.ndarray | Tensor], *, seed: int = 0
 ) -> dict[str, float]:
     """The metrics train() reports, for any GAN: e.g. a freshly built one, as the untrained baseline."""
-    return _Judge(gan, _device_data(data, gan.device), evaluator, conditions, seed).metrics()
+    return _EvalHarness(gan, _device_data(data, gan.device), evaluator, conditions, seed).metrics()
 
 
 def train(
@@ -223,7 +224,7 @@ def train(
         metrics = state["metrics"]
         best_acc = float(state["best_acc"])
         clock = {k: float(metrics.get(k, 0.0)) for k in clock}
-    judge = _Judge(gan, data, evaluator, conditions, seed)
+    harness = _EvalHarness(gan, data, evaluator, conditions, seed)
     spe = steps_per_epoch(len(data), config)
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     bar = _progress(total=(epochs - start) * spe, enabled=progress and start < epochs)
@@ -240,8 +241,8 @@ def train(
         clock["train_cpu_seconds"] += time.process_time() - c0
         if epoch % eval_every and epoch != epochs:
             continue
-        metrics = {**losses, **clock, **judge.metrics()}
-        grids = judge.grids(out_dir, epoch)
+        metrics = {**losses, **clock, **harness.metrics()}
+        grids = harness.grids(out_dir, epoch)
         improved = metrics.get("acc", -math.inf) > best_acc
         best_acc = max(best_acc, metrics.get("acc", -math.inf))
         state = make_checkpoint(gan, epoch=epoch, data_generator=sampler, data_info=info, metrics=metrics)

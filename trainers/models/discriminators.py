@@ -113,3 +113,7 @@ def resnet_body(
             mods.append(SelfAttention(ch[i], layers=layers))
     mods.append(nn.ReLU())
     return nn.Sequential(*mods), ch[-1]
+
+
+# Body families, named by trainers.models.archs.ARCHITECTURES; each returns (body, final channels).
+D_BODIES: dict[str, Callable[..., tuple[nn.Module, int]]] = {"dcgan": dcgan_body, "resnet": resnet_body}

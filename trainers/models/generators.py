@@ -131,3 +131,7 @@ class ResNetGenerator(nn.Module):
         for block, attn in zip(self.blocks, self.attn, strict=True):
             x = self.drop(attn(block(x, c)))
         return self.out(F.relu(self.norm(x, c)))  # (B, 3, H, W), before tanh
+
+
+# Body families, named by trainers.models.archs.ARCHITECTURES; each is called with the same keywords.
+G_BODIES: dict[str, Callable[..., nn.Module]] = {"dcgan": DCGANGenerator, "resnet": ResNetGenerator}

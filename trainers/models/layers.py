@@ -35,22 +35,15 @@ class Layers:
         return self._wrap(nn.Linear(d_in, d_out, bias=bias))
 
 
-# --- Discriminator norms: name -> (norm layer factory, spectral flag for the weight layers) ---------
+# --- Discriminator norms: name -> norm layer factory. Spectral norm is a separate choice (Layers above): it
+# reshapes the weights, not the activations, so it combines with any of these (TrainConfig.d_spectral). ----
 
-
-@dataclass(frozen=True)
-class DNorm:
-    norm: Callable[[int], nn.Module]
-    spectral: bool
-
-
-D_NORMS: dict[str, DNorm] = {
-    "none": DNorm(norm=lambda c: nn.Identity(), spectral=False),
-    "batch": DNorm(norm=nn.BatchNorm2d, spectral=False),
-    "instance": DNorm(norm=lambda c: nn.InstanceNorm2d(c, affine=True), spectral=False),
+D_NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "none": lambda c: nn.Identity(),
+    "batch": nn.BatchNorm2d,
+    "instance": lambda c: nn.InstanceNorm2d(c, affine=True),
     # Layer norm over (C, H, W) per sample, as WGAN-GP recommends in place of batch norm.
-    "layer": DNorm(norm=lambda c: nn.GroupNorm(1, c), spectral=False),
-    "spectral": DNorm(norm=lambda c: nn.Identity(), spectral=True),
+    "layer": lambda c: nn.GroupNorm(1, c),
 }
 
 
