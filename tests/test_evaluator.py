@@ -204,48 +204,46 @@ def _truncated(path):
     return path
 
 
-@pytest.mark.parametrize(
-    ("make", "match"),
-    [
-        (lambda p: p / "missing.pt", "no such checkpoint"),
-        (lambda p: _raw(p / "junk.pt", b"not a checkpoint"), "not a torch checkpoint"),
-        (lambda p: _raw(p / "empty.pt", b""), "empty file"),
-        (lambda p: _truncated(p / "cut.pt"), "corrupt or truncated"),
-        # a whole pickled model, as `torch.save(model)` writes: the safe loader refuses its code
-        (
-            lambda p: _write(p / "pickled.pt", official_model()),
-            "pickled Python objects .it needs torchvision",
+LOAD_ERRORS = [
+    (lambda p: p / "missing.pt", "no such checkpoint"),
+    (lambda p: _raw(p / "junk.pt", b"not a checkpoint"), "not a torch checkpoint"),
+    (lambda p: _raw(p / "empty.pt", b""), "empty file"),
+    (lambda p: _truncated(p / "cut.pt"), "corrupt or truncated"),
+    # a whole pickled model, as `torch.save(model)` writes: the safe loader refuses its code
+    (
+        lambda p: _write(p / "pickled.pt", official_model()),
+        "pickled Python objects .it needs torchvision",
+    ),
+    (lambda p: _write(p / "bare.pt", official_model().state_dict()), "official format"),
+    (
+        lambda p: _write(p / "plainfc.pt", {"model": torchvision.models.resnet18().state_dict()}),
+        "no conv1.weight",
+    ),
+    (
+        lambda p: _write(p / "extra.pt", {"model": {**official_model().state_dict(), "x": torch.zeros(1)}}),
+        "unexpected",
+    ),
+    (
+        lambda p: _write(
+            p / "shape.pt", {"model": {**official_model().state_dict(), "fc.0.bias": torch.zeros(7)}}
         ),
-        (lambda p: _write(p / "bare.pt", official_model().state_dict()), "official format"),
-        (
-            lambda p: _write(p / "plainfc.pt", {"model": torchvision.models.resnet18().state_dict()}),
-            "no conv1.weight",
-        ),
-        (
-            lambda p: _write(
-                p / "extra.pt", {"model": {**official_model().state_dict(), "x": torch.zeros(1)}}
-            ),
-            "unexpected",
-        ),
-        (
-            lambda p: _write(
-                p / "shape.pt", {"model": {**official_model().state_dict(), "fc.0.bias": torch.zeros(7)}}
-            ),
-            "shape mismatch at fc.0.bias",
-        ),
-    ],
-    ids=[
-        "missing",
-        "junk",
-        "empty",
-        "truncated",
-        "pickled_model",
-        "bare_state_dict",
-        "plain_fc",
-        "extra_key",
-        "shape",
-    ],
-)
+        "shape mismatch at fc.0.bias",
+    ),
+]
+LOAD_ERROR_IDS = [
+    "missing",
+    "junk",
+    "empty",
+    "truncated",
+    "pickled_model",
+    "bare_state_dict",
+    "plain_fc",
+    "extra_key",
+    "shape",
+]
+
+
+@pytest.mark.parametrize(("make", "match"), LOAD_ERRORS, ids=LOAD_ERROR_IDS)
 def test_load_errors_are_one_line(tmp_path, make, match, recwarn):
     path = make(tmp_path)
     with pytest.raises(EvaluatorError, match=match) as info:
@@ -254,6 +252,29 @@ def test_load_errors_are_one_line(tmp_path, make, match, recwarn):
     assert not [
         w for w in recwarn if "torch" in str(w.filename)
     ]  # the line says it all, no warning beside it
+
+
+@pytest.mark.parametrize(("make", "match"), LOAD_ERRORS[1:], ids=LOAD_ERROR_IDS[1:])  # all but "missing"
+def test_from_bytes_makes_the_checks_of_load(tmp_path, make, match):
+    """What a trial receives through Ray (the file's bytes and its sidecar) is refused as the file would be."""
+    data = make(tmp_path).read_bytes()
+    with pytest.raises(EvaluatorError, match=match) as info:
+        Evaluator.from_bytes(data, name="the search's judge", device="cpu")
+    assert "\n" not in str(info.value) and "the search's judge" in str(info.value)
+
+
+def test_from_bytes_is_load(tmp_path):
+    path = Evaluator(ResNet18(n_classes=3, width=8), device="cpu").save(tmp_path / "ev.pt", {"note": 1})
+    meta = json.loads(sidecar_path(path).read_text())
+    a, b = (
+        Evaluator.load(path, device="cpu"),
+        Evaluator.from_bytes(path.read_bytes(), meta=meta, device="cpu"),
+    )
+    assert (a.classes, a.meta, a.width) == (b.classes, b.meta, b.width)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    torch.testing.assert_close(a.scores(images), b.scores(images))
+    with pytest.raises(EvaluatorError, match="width=16"):
+        Evaluator.from_bytes(path.read_bytes(), meta={**meta, "width": 16}, device="cpu")
 
 
 def test_sidecar_that_contradicts_checkpoint_is_refused(tmp_path):

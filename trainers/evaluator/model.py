@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -147,32 +148,44 @@ class Evaluator:
         path = Path(path)
         if not path.is_file():
             raise EvaluatorError(f"{path}: no such checkpoint file")
+        meta = read_sidecar(path) if sidecar_path(path).is_file() else {}
+        return cls.from_bytes(path.read_bytes(), meta=meta, name=str(path), device=device)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        *,
+        meta: Mapping[str, Any] | None = None,
+        name: str = "evaluator bytes",
+        device: str | torch.device | None = None,
+    ) -> Evaluator:
+        """The evaluator in `data` (a checkpoint file's bytes, e.g. shipped to a trial through Ray's object
+        store), with every check `load` makes: readable weights-only, the official format, resnet18's keys and
+        shapes, and a sidecar `meta` that agrees with the weights. `name` stands for the file in messages."""
         try:
             with warnings.catch_warnings():  # the one line below says it all; no warning around it
                 warnings.simplefilter("ignore")
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:  # pickle, zip and weights_only errors all mean "not a checkpoint we can read"
-            raise _unreadable(path, e) from None
+            raise _unreadable(name, data[:4], e) from None
         if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
-            raise EvaluatorError(f'{path}: expected the official format {{"model": state_dict}}')
+            raise EvaluatorError(f'{name}: expected the official format {{"model": state_dict}}')
         state = ckpt["model"]
         try:
             width, n_classes = int(state["conv1.weight"].shape[0]), int(state["fc.0.weight"].shape[0])
         except (KeyError, AttributeError, IndexError):
             raise EvaluatorError(
-                f"{path}: not a resnet18 with fc = Sequential(Linear, Sigmoid) (no conv1.weight / fc.0.weight)"
+                f"{name}: not a resnet18 with fc = Sequential(Linear, Sigmoid) (no conv1.weight / fc.0.weight)"
             ) from None
         net = ResNet18(n_classes=n_classes, width=width)
-        _check_state(path, net.state_dict(), state)
+        _check_state(name, net.state_dict(), state)
         net.load_state_dict(state)
-        meta = read_sidecar(path) if sidecar_path(path).is_file() else {}
-        classes = meta.get("classes")
+        meta = dict(meta or {})
         for key, have in (("n_classes", n_classes), ("width", width)):
             if key in meta and meta[key] != have:
-                raise EvaluatorError(
-                    f"{sidecar_path(path)}: sidecar says {key}={meta[key]}, checkpoint has {have}"
-                )
-        return cls(net, classes=classes, meta=meta, device=device)
+                raise EvaluatorError(f"{name}: sidecar says {key}={meta[key]}, checkpoint has {have}")
+        return cls(net, classes=meta.get("classes"), meta=meta, device=device)
 
     def save(self, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
         """Write the official-format checkpoint, then its sidecar (with the checkpoint's sha256), atomically."""
@@ -260,10 +273,9 @@ UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 TORCH_ZIP, PICKLE = b"PK\x03\x04", b"\x80"  # torch.save's zip archive; the legacy format's pickle header
 
 
-def _unreadable(path: Path, err: Exception) -> EvaluatorError:
-    """One line for a file torch.load(weights_only=True) refused, instead of torch's many-line message."""
-    with open(path, "rb") as f:
-        head = f.read(4)
+def _unreadable(path: str, head: bytes, err: Exception) -> EvaluatorError:
+    """One line for a file (its first 4 bytes: `head`) torch.load(weights_only=True) refused, instead of
+    torch's many-line message."""
     if not head:
         return EvaluatorError(f"{path}: empty file, not a torch checkpoint")
     if not (head.startswith(TORCH_ZIP) or head.startswith(PICKLE)):
@@ -281,7 +293,7 @@ def _unreadable(path: Path, err: Exception) -> EvaluatorError:
     return EvaluatorError(f"{path}: a torch checkpoint that cannot be read: corrupt or truncated")
 
 
-def _check_state(path: Path, expected: Mapping[str, Tensor], got: Mapping[str, Any]) -> None:
+def _check_state(path: str, expected: Mapping[str, Tensor], got: Mapping[str, Any]) -> None:
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
     if missing or unexpected:
