@@ -2,6 +2,7 @@
 
 python -m trainers.data render --out DIR --scenes N --seed S [--size 64]
 python -m trainers.data render --labels FILE --out DIR --seed S [--draws D]
+python -m trainers.data render --engine blender --scenes N --out DIR --seed S [--samples 8] [--shadows on|off]
 python -m trainers.data pack DIR --out FILE [--size 64]
 python -m trainers.data show DIR --out sheet.png
 python -m trainers.data check DIR [--size 64]
@@ -14,6 +15,9 @@ import sys
 from pathlib import Path
 
 from trainers.cli import OneLineParser, output_file, output_folder, positive_int, run_command, seed_int
+from trainers.data.blender.cli import add_arguments as add_blender_arguments
+from trainers.data.blender.cli import refuse_blender_options
+from trainers.data.blender.cli import run_render as run_blender_render
 from trainers.data.errors import DataError
 
 
@@ -68,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="N (square) or WxH; default 320x240 as the original",
     )
     render.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
+    add_blender_arguments(render)  # --engine, and the Blender engine's flags
 
     pk = sub.add_parser(
         "pack",
@@ -93,9 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> str:
     """Carry out one command; return the line to print on success."""
+    if args.command == "render" and args.engine == "blender":
+        return run_blender_render(args)
     if args.command == "render":
         from trainers.data.render import render_label_sets, render_training_set
 
+        refuse_blender_options(args)
         if (args.scenes is None) == (args.labels is None):
             raise DataError("render: give exactly one of --scenes N (training set) or --labels FILE (oracle)")
         if args.labels is not None:

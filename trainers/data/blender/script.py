@@ -67,6 +67,27 @@ def write_gray_png(path, width, rows):
         f.write(chunk(b"IEND", b""))
 
 
+def strip_png_text(path):
+    """Drop a PNG's text chunks: Cycles stamps its render times into every frame, so the same scene would
+    give other bytes on every run."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out, at = [data[:8]], 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        end = at + 12 + length
+        if data[at + 4 : at + 8] not in (b"tEXt", b"zTXt", b"iTXt"):
+            out.append(data[at:end])
+        at = end
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
+
+
+def save_frame(image, scene, path):
+    image.save_render(filepath=path, scene=scene)
+    strip_png_text(path)
+
+
 def load_library(path, kind, name):
     """Append one data-block (an object or a node group) from a .blend file; return it."""
     with bpy.data.libraries.load(path) as (_, into):
@@ -92,6 +113,12 @@ def setup(manifest):
     render.image_settings.color_mode = "RGBA"  # the course's frames are opaque RGBA PNGs
     render.image_settings.color_depth = "8"
     render.film_transparent = False
+    # No metadata in the PNGs (date, frame, ...): the same scene and settings give the same bytes.
+    for name in dir(render):
+        if name.startswith("use_stamp"):
+            setattr(render, name, False)
+    # Keep the synced scene between the renders of a process: each frame only adds one object.
+    render.use_persistent_data = True
     cycles = scene.cycles
     cycles.device = "CPU"
     cycles.samples = manifest["samples"]
@@ -206,9 +233,7 @@ def render_job(scene, shapes, groups, masks, job, width, height):
             added.append(add_object(scene, shapes, groups, spec, k))
             bpy.ops.render.render(write_still=False)
             image = bpy.data.images["Render Result"]
-            replace_atomically(
-                lambda tmp, img=image: img.save_render(filepath=tmp, scene=scene), job["images"][k]
-            )
+            replace_atomically(lambda tmp, img=image: save_frame(img, scene, tmp), job["images"][k])
             if job.get("masks"):
                 save_mask(masks, job["masks"][k], width, height)
             elif masks:
