@@ -410,7 +410,7 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
     from ray import tune
 
     from search import report, tracking
-    from search.defaults import prepare
+    from search.prepare import prepare
     from search.options import redacted
     from search.trial import TrialSetup, run_trial
     from spaces import load_space
@@ -541,7 +541,7 @@ def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.Argumen
         client.set_terminated(parent, status="FINISHED")
         _say(f"artifacts: Tune results and checkpoints in {results.experiment_path}")
         _say(f"artifacts: MLflow runs in {redacted(opts.tracking_uri)} (experiment {opts.experiment})")
-        _say(f"open the MLflow UI: {tracking.mlflow_ui_command(opts.tracking_uri)}")
+        _say(f"open the MLflow UI: {tracking.mlflow_ui_command(opts.tracking_uri, experiment_id)}")
         promote_flags = "".join(
             (f" --objectives {','.join(opts.objectives)}" if len(opts.objectives) > 1 else "",
              " --allow-pruned" if opts.allow_pruned else "")
