@@ -199,7 +199,7 @@ class Param:
 
     def can_take(self, x: Any) -> bool:
         """True when some branch can produce `x` (what a `when` on this parameter may name). Whether a whole
-        config fits, branch by branch, is `Space.params_for`."""
+        config fits, branch by branch, is `Space.fit`."""
         return any(b.can_take(x) for b in self.branches)
 
     def describe(self) -> str:
@@ -394,6 +394,21 @@ class _SeededTrial:
 
 
 @dataclass(frozen=True)
+class Fit:
+    """How a space expresses one config (`Space.fit`)."""
+
+    point: dict[str, Any]  # the sampled values that reproduce it (what Optuna is told)
+    misfits: tuple[str, ...]  # sampled values the space cannot take: the config is not a point of it
+    overridden: tuple[str, ...]  # constants of the space the config differs from (a preset runs as written)
+
+
+def _old_spellings(config: dict[str, Any]) -> dict[str, tuple[Any, tuple[str, ...]]]:
+    from trainers.config import legacy_spelling  # lazy: loading and sampling a space needs no torch
+
+    return legacy_spelling(config)
+
+
+@dataclass(frozen=True)
 class Space:
     """A loaded, checked space file. Picklable (Ray pickles the searcher, and so `define_by_run`)."""
 
@@ -435,31 +450,53 @@ class Space:
         """One full config drawn uniformly (seeded, no Ray, no Optuna study): the same code path as Ray's."""
         return self.define_by_run(_SeededTrial(seed))
 
-    def params_for(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The sampled parameters that make a trial of this space reproduce `config` (e.g. a preset's
-        `TrainConfig.to_dict()`), for `study.enqueue_trial` / `OptunaSearch(points_to_evaluate=[...])`.
+    def fit(self, config: dict[str, Any]) -> Fit:
+        """How this space expresses `config` (e.g. a preset's `TrainConfig.to_dict()`): the one answer to "does
+        a preset fit the space", for warm starts (`params_for`) and the search's presets alike.
 
-        Raises `SpaceError` naming the key and value when the space cannot produce `config`: a value outside the
-        domain of its branch, or a different constant. Keys the space does not set are not checked here.
+        Walks the parameters in file order, following each `when` with the config's own values. Where the
+        config's value has an old spelling the trainer still reads (`trainers.config.legacy_spelling`, e.g.
+        `d_norm: spectral` for no norm + spectral weights) and the space names none of the keys that the
+        spelling also sets, the space is read in that spelling: that is how it samples such a config.
+        Keys the space does not set are not checked.
         """
+        spelled = _old_spellings(config)
         point: dict[str, Any] = {}
         seen: dict[str, Any] = {}
+        misfits: list[str] = []
+        overridden: list[str] = []
         for p in self.params:
             branch = p.branch(seen)
             if branch is None:
                 continue
+            where = f"{self.path}:{p.line}: {p.name}"
             if p.name not in config:
-                raise SpaceError(
-                    f"{self.path}:{p.line}: {p.name}: the config has no value for it (the space sets it)"
-                )
-            value = seen[p.name] = config[p.name]
+                misfits.append(f"{where}: the config has no value for it (the space sets it)")
+                continue
+            value = config[p.name]
+            old = spelled.get(p.name)
+            if old is not None and not set(old[1]) & set(self.names):
+                value = old[0]
+            seen[p.name] = value
             if not branch.can_take(value):
-                raise SpaceError(
-                    f"{self.path}:{p.line}: {p.name}: value {value!r} is outside the space here ({branch.describe()})"
-                )
-            if branch.sampled:
+                problem = f"{where}: value {value!r} is outside the space here ({branch.describe()})"
+                (misfits if branch.sampled else overridden).append(problem)
+            elif branch.sampled:
                 point[p.name] = value
-        return point
+        return Fit(point=point, misfits=tuple(misfits), overridden=tuple(overridden))
+
+    def params_for(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The sampled parameters that make a trial of this space reproduce `config`, for
+        `study.enqueue_trial` / `OptunaSearch(points_to_evaluate=[...])`.
+
+        Raises `SpaceError` naming the key and value when the space cannot produce `config` (`fit`): a value
+        outside the domain of its branch, or a different constant.
+        """
+        fit = self.fit(config)
+        problems = fit.misfits + fit.overridden
+        if problems:
+            raise SpaceError(problems[0])
+        return fit.point
 
     def summary(self) -> str:
         return (

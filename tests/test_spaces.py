@@ -108,9 +108,13 @@ def test_clevr_conditionals_follow_the_trainer_rules():
 def test_clevr_is_wide_and_names_every_non_infogan_field():
     space = load_space(ROOT / "spaces" / "clevr.yaml")
     infogan = {"disc_codes", "cont_codes", "disc_weight", "cont_weight"}
-    fields = set(TrainConfig.__dataclass_fields__) - infogan - {"compile"}
+    # The spectral choices are reached through d_norm's old spelling (spectral = none + spectral weights),
+    # which keeps the space drawing what it drew before they were two fields.
+    spelled = {"d_spectral", "g_spectral"}
+    fields = set(TrainConfig.__dataclass_fields__) - infogan - spelled - {"compile"}
     assert fields <= set(space.names)
     configs = _samples(space)
+    assert {TrainConfig.from_dict(c).d_spectral for c in configs} == {False, True}
     assert {c["arch"] for c in configs} == {"dcgan", "sagan", "resnet"}
     assert {c["loss"] for c in configs} == {"bce", "nonsat", "hinge", "wgan", "wgan_gp"}
     lrs = [c["lr_d"] for c in configs]
@@ -196,7 +200,7 @@ def test_ray_optuna_search_hands_the_trial_exactly_the_sampled_config():
 PRESET_SPACES = {
     "wgan_gp_instance": ["clevr.yaml"],
     "sagan_wgan_gp": ["clevr.yaml", "clevr_narrow.yaml"],
-    "dcgan_bce": ["clevr.yaml"],
+    "dcgan_nonsat": ["clevr.yaml"],
     "wgan_clip": ["clevr.yaml"],
     "acgan_wgan_gp": ["clevr.yaml"],
     "infogan_digits": ["digits.yaml"],
@@ -415,3 +419,18 @@ def test_cli_checks_every_shipped_space():
     assert len(lines) == len(SHIPPED)
     for path, line in zip(SHIPPED, lines, strict=True):
         assert line.startswith(f"{_rel(path)}: {N_SAMPLES} configs valid ("), line
+
+
+def test_fit_is_the_one_answer_for_presets_and_warm_starts():
+    space = load_space(ROOT / "spaces" / "smoke.yaml")
+    config = space.sample(3)
+    assert space.fit(config).point == space.params_for(config)
+    assert not space.fit(config).misfits and not space.fit(config).overridden
+    off = space.fit({**config, "width": 64, "d_cond": "acgan"})  # a constant differs; a choice is outside
+    assert [m.split(": ")[1] for m in off.overridden] == ["width"]
+    assert [m.split(": ")[1] for m in off.misfits] == ["d_cond"]
+    # Spectral weights without a norm layer: this space spells it d_norm spectral, and samples it so.
+    spectral = TrainConfig.from_dict({**config, "d_norm": "spectral"}).to_dict()
+    assert spectral["d_norm"] == "none" and space.fit(spectral).point["d_norm"] == "spectral"
+    plain = TrainConfig.from_dict({**config, "d_norm": "none"}).to_dict()
+    assert space.fit(plain).point["d_norm"] == "none"

@@ -166,7 +166,8 @@ class TrainConfig:
             (
                 loss.clip and self.d_spectral,
                 "loss wgan with d_spectral: spectral norm already bounds D's Lipschitz constant, weight "
-                "clipping on top only cripples D; use wgan_gp or hinge, or d_spectral: false",
+                "clipping on top only cripples D; use wgan_gp or hinge, or d_spectral: false (a d_norm other "
+                "than spectral, in the old spelling)",
             ),
             (
                 loss.gp and self.d_norm == "batch",
@@ -177,7 +178,7 @@ class TrainConfig:
                 arch.spectral and not (self.d_spectral and self.g_spectral),
                 f"arch {self.arch} with d_spectral {str(self.d_spectral).lower()}, g_spectral "
                 f"{str(self.g_spectral).lower()}: {self.arch} is defined with spectral norm in G and D; set "
-                "d_spectral: true and g_spectral: true, or use arch dcgan",
+                "d_spectral: true and g_spectral: true (d_norm: spectral, in the old spelling), or use arch dcgan",
             ),
             (
                 self.g_cond == "cbn" and self.g_norm != "batch",
