@@ -1,6 +1,6 @@
 """Command line for datasets: render synthetic i-CLEVR, pack a folder, draw a contact sheet.
 
-python -m trainers.data render --out DIR --scenes N --seed S [--size 64]
+python -m trainers.data render --out DIR --scenes N --seed S [--size 64] [--world iclevr|clevr]
 python -m trainers.data render --labels FILE --out DIR --seed S [--draws D]
 python -m trainers.data render --engine blender --scenes N --out DIR --seed S [--samples 8] [--shadows on|off]
 python -m trainers.data pack DIR --out FILE [--size 64]
@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="N (square) or WxH; default 320x240 as the original",
     )
     render.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
+    render.add_argument(
+        "--world",
+        choices=("iclevr", "clevr"),
+        default="iclevr",
+        help="iclevr (default: the i-CLEVR generator's one size, rubber, first object at the origin) or "
+        "clevr (full CLEVR's two sizes and metal)",
+    )
     add_blender_arguments(render)  # --engine, and the Blender engine's flags
 
     pk = sub.add_parser(
@@ -108,11 +115,22 @@ def run(args: argparse.Namespace) -> str:
             raise DataError("render: give exactly one of --scenes N (training set) or --labels FILE (oracle)")
         if args.labels is not None:
             out = render_label_sets(
-                args.labels, args.out, seed=args.seed, size=args.size, draws=args.draws, workers=args.workers
+                args.labels,
+                args.out,
+                seed=args.seed,
+                size=args.size,
+                draws=args.draws,
+                workers=args.workers,
+                world=args.world,
             )
             return f"oracle renders of {args.labels} written to {out}"
         out = render_training_set(
-            args.out, scenes=args.scenes, seed=args.seed, size=args.size, workers=args.workers
+            args.out,
+            scenes=args.scenes,
+            seed=args.seed,
+            size=args.size,
+            workers=args.workers,
+            world=args.world,
         )
         return f"{args.scenes} scenes ({3 * args.scenes} images) written to {out}"
     if args.command == "pack":

@@ -1,0 +1,216 @@
+"""Fidelity of the fast renderer against Blender on the same scenes (issue 13): one command, cached stages.
+
+    nice -n 10 .venv/bin/python bench/render_fidelity.py --root data/render-fidelity [--scenes 200]
+
+Stages (each skipped when its output exists, so a rerun only re-scores):
+1. `--scenes` i-CLEVR scene descriptions (seed `--seed`) in ROOT/scenes, and as many of another seed for
+   the noise floor;
+2. both sets rendered at 320x240 by the fast engine, the first also by Blender (`--samples`, masks on);
+3. a judge fitted on fast renders at 64x64 (`--judge` to bring one; else `--train-scenes` rendered and
+   fitted with `python -m trainers.evaluator fit` and `--fit-args`);
+4. figures: (a) the judge's held-out accuracy (fast) and its accuracy on the fidelity scenes by each engine
+   (320x240 resized to 64x64, as every folder is read), (b) FID in the judge's feature space between the
+   engines and between the two fast seeds, (c) per-object pixel-centre error between the engines at
+   320x240 (fast: ray-cast id buffer; Blender: its object-index masks); and a side-by-side contact sheet.
+Prints one JSON record (and writes it to ROOT/record.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from trainers.data.render import (
+    copy_spec,
+    pixel_centres,
+    render_scene_files,
+    render_training_set,
+    training_scene,
+    write_json,
+)
+from trainers.data.scene import load_scene, save_scene, to_json
+
+SHEET_SCENES = 6
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, round(time.perf_counter() - start, 1)
+
+
+def write_scenes(folder: Path, *, seed: int, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"CLEVR_fid_{i:06d}.json" for i in range(n)]
+    for i, p in enumerate(paths):
+        if not p.is_file():
+            save_scene(p, training_scene(seed, i))
+    return paths
+
+
+def blender_set(scene_files: list[Path], out: Path, *, samples: int, shadows: bool) -> None:
+    """The scenes by Blender in the course layout (images/, train.json, spec files) plus masks/."""
+    from trainers.data.blender import render_scenes
+
+    scenes = [load_scene(p) for p in scene_files]
+    render_scenes(
+        [to_json(s) for s in scenes],
+        out / "images",
+        names=[p.stem for p in scene_files],
+        masks=out / "masks",
+        samples=samples,
+        shadows=shadows,
+        skip_done=True,
+    )
+    index = {
+        f"{p.stem}_{k}.png": s.labels[: k + 1]
+        for p, s in zip(scene_files, scenes, strict=True)
+        for k in range(3)
+    }
+    copy_spec(out)
+    write_json(out / "train.json", index)
+
+
+def centre_errors(scene_files: list[Path], blender: Path) -> dict:
+    """Per object and image: distance (px at 320x240) between the fast engine's and Blender's visible-pixel
+    centres, and the relative difference of visible pixel counts."""
+    from trainers.data.blender import object_pixels, read_mask
+    from trainers.data.raycast import object_id_buffer
+
+    dist, count_diff = [], []
+    for p in scene_files:
+        scene = load_scene(p)
+        for k in range(1, len(scene.objects) + 1):
+            prefix = scene.prefix(k)
+            fast = pixel_centres(prefix, size=(320, 240))
+            fast_counts = np.bincount(
+                (object_id_buffer(prefix, size=(320, 240)) + 1).ravel(), minlength=k + 1
+            )[1:]
+            ids = read_mask(blender / "masks" / f"{p.stem}_{k - 1}.png")
+            for j, (count, centre) in enumerate(object_pixels(ids, k)):
+                if centre is None or np.isnan(fast[j]).any():
+                    continue
+                dist.append(float(np.hypot(*(fast[j] - centre))))
+                count_diff.append(abs(int(fast_counts[j]) - count) / max(count, 1))
+    d = np.array(dist)
+    return {
+        "objects": len(d),
+        "centre_px_mean": round(float(d.mean()), 3),
+        "centre_px_median": round(float(np.median(d)), 3),
+        "centre_px_p95": round(float(np.percentile(d, 95)), 3),
+        "centre_px_max": round(float(d.max()), 3),
+        "count_rel_diff_median": round(float(np.median(count_diff)), 4),
+    }
+
+
+def contact_sheet(scene_files: list[Path], fast: Path, blender: Path, out: Path) -> None:
+    """Rows of scenes, each: fast _0.._2 | Blender _0.._2 at 160x120."""
+    w, h, gap = 160, 120, 6
+    rows = scene_files[:SHEET_SCENES]
+    sheet = Image.new("RGB", (6 * w + gap, len(rows) * h + 16), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 2), "fast engine (trainers.data.render)", fill="black")
+    draw.text((3 * w + gap + 4, 2), "Blender 3.4.1, generator's assets", fill="black")
+    for r, p in enumerate(rows):
+        for k in range(3):
+            for c, folder in enumerate((fast, blender)):
+                with Image.open(folder / "images" / f"{p.stem}_{k}.png") as im:
+                    tile = im.convert("RGB").resize((w, h), Image.BILINEAR)
+                sheet.paste(tile, (c * (3 * w + gap) + k * w, 16 + r * h))
+    sheet.save(out, optimize=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", type=Path, default=Path("data/render-fidelity"))
+    p.add_argument("--scenes", type=int, default=200, help="fidelity scenes (3 images each)")
+    p.add_argument("--seed", type=int, default=101, help="fidelity scenes' seed (the floor uses seed + 1)")
+    p.add_argument("--samples", type=int, default=32, help="Cycles samples for the Blender renders")
+    p.add_argument("--shadows", choices=("on", "off"), default="on")
+    p.add_argument("--judge", type=Path, help="an evaluator fitted on fast renders (default: fit one)")
+    p.add_argument("--train-scenes", type=int, default=8000, help="fast 64x64 scenes to fit the judge on")
+    p.add_argument("--fit-args", default="", help="extra arguments for `python -m trainers.evaluator fit`")
+    p.add_argument("--renders-only", action="store_true", help="stop after the renders (stages 1-2)")
+    p.add_argument("--sheet", type=Path, default=Path("docs/render-fidelity.png"))
+    args = p.parse_args()
+    root = args.root
+    os.environ.setdefault("CGAN_SEARCH_CACHE", str((root / "cache").absolute()))  # packs beside the data
+    record: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
+        "scenes": args.scenes,
+        "samples": args.samples,
+        "shadows": args.shadows,
+    }
+
+    scene_files = write_scenes(root / "scenes", seed=args.seed, n=args.scenes)
+    floor_files = write_scenes(root / "scenes-floor", seed=args.seed + 1, n=args.scenes)
+    for name, files in (("fast", scene_files), ("fast-floor", floor_files)):
+        if not (root / name / "train.json").is_file():
+            _, record[f"{name}_render_seconds"] = timed(
+                render_scene_files, files, root / name, size=(320, 240), progress=False
+            )
+    if not (root / "blender" / "train.json").is_file():
+        _, record["blender_render_seconds"] = timed(
+            blender_set, scene_files, root / "blender", samples=args.samples, shadows=args.shadows == "on"
+        )
+
+    if args.renders_only:
+        print(json.dumps(record, indent=2))
+        return
+
+    from trainers.data import load_dataset
+    from trainers.evaluator import Evaluator, as_model_input, frechet_distance, read_sidecar, topk_accuracy
+    from trainers.evaluator.__main__ import main as evaluator_main
+
+    judge = args.judge
+    if judge is None:
+        train = root / f"train-64-{args.train_scenes}"
+        if not (train / "train.json").is_file():
+            _, record["train_render_seconds"] = timed(
+                render_training_set, train, scenes=args.train_scenes, seed=0, size=64, progress=False
+            )
+        judge = train / "evaluator.pt"
+        if not judge.is_file():
+            rc, record["fit_wall_seconds"] = timed(
+                evaluator_main, ["fit", "--data", str(train), "--out", str(judge), *args.fit_args.split()]
+            )
+            assert rc == 0, f"fit failed with exit code {rc}"
+    side = read_sidecar(judge)
+    ev = Evaluator.load(judge)
+    record |= {
+        "judge": str(judge),
+        "judge_heldout_acc": side["heldout_acc"],
+        "judge_n_train": side["n_train"],
+    }
+    record["judge_epochs"], record["judge_width"] = side["epochs"], side["width"]
+
+    feats = {}
+    for name in ("fast", "blender", "fast-floor"):
+        data = load_dataset(root / name, size=64, progress=False)
+        scores, feats[name] = ev.scores_and_features(as_model_input(data.images))
+        record[f"acc_{name.replace('-', '_')}"] = round(topk_accuracy(scores, data.labels), 4)
+    record["acc_gap_blender_vs_heldout"] = round(record["acc_blender"] - side["heldout_acc"], 4)
+    record["acc_gap_blender_vs_fast"] = round(record["acc_blender"] - record["acc_fast"], 4)
+    record["fid_fast_vs_blender"] = round(frechet_distance(feats["fast"], feats["blender"]), 3)
+    record["fid_fast_vs_fast_other_seed"] = round(frechet_distance(feats["fast"], feats["fast-floor"]), 3)
+    record["fid_blender_vs_fast_other_seed"] = round(
+        frechet_distance(feats["blender"], feats["fast-floor"]), 3
+    )
+    record |= centre_errors(scene_files, root / "blender")
+    contact_sheet(scene_files, root / "fast", root / "blender", args.sheet)
+
+    text = json.dumps(record, indent=2)
+    print(text)
+    (root / "record.json").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
