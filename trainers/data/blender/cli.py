@@ -46,7 +46,7 @@ def refuse_blender_options(args: argparse.Namespace) -> None:
     """The fast engine has no samples, shadow switch, masks or assets: giving one is a mistake."""
     given = [f"--{name}" for name in BLENDER_ONLY if getattr(args, name) is not None]
     if given:
-        raise DataError(f"render: {', '.join(given)} apply to --engine blender only")
+        raise DataError(f"render: {', '.join(given)}: only --engine blender takes them")
 
 
 def run_render(args: argparse.Namespace) -> str:

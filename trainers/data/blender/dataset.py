@@ -139,12 +139,26 @@ def render_blender_set(
     for name in SPEC_FILES:
         shutil.copyfile(spec_file(name), out / name)
     mask_dir = out / "masks" if masks else None
-    # What an earlier, interrupted run finished (its files were renamed into place whole).
-    before = sum(
-        scene_files(n, len(d["objects"]), out / "iclevr", mask_dir).done()
+    files = [
+        scene_files(n, len(d["objects"]), out / "iclevr", mask_dir)
         for n, d in zip(names, descriptions, strict=True)
-    )
-    files = render_scenes(
+    ]
+    before = sum(f.done() for f in files)  # what an earlier, interrupted run finished
+    if before < scenes:
+        (out / SUMS).unlink(missing_ok=True)  # SHA256SUMS present = every scene is there
+
+    def index_finished() -> None:
+        """train.json over the scenes finished so far: an unfinished set is already usable (SHA256SUMS
+        is written only once every scene is)."""
+        index = {}
+        for f, description in zip(files, descriptions, strict=True):
+            if f.done():
+                labels = [f"{o['color']} {o['shape']}" for o in description["objects"]]
+                for k, image in enumerate(f.images):
+                    index[image.name] = labels[: k + 1]
+        _write_text(out / "train.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    render_scenes(
         descriptions,
         out / "iclevr",
         names=names,
@@ -157,12 +171,8 @@ def render_blender_set(
         progress=progress,
         blender=blender,
         assets=assets,
+        after_chunk=index_finished,
     )
-    index = {}
-    for f, description in zip(files, descriptions, strict=True):
-        labels = [f"{o['color']} {o['shape']}" for o in description["objects"]]
-        for k, image in enumerate(f.images):
-            index[image.name] = labels[: k + 1]
-    _write_text(out / "train.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
+    index_finished()
     checksum = write_checksums(out)
     return BlenderSet(out, scenes, scenes - before, time.perf_counter() - start, checksum)

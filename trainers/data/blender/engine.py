@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +40,7 @@ SHAPES = ("cube", "sphere", "cylinder")  # script.py's SHAPE_FILES keys
 MATERIALS = ("rubber", "metal")  # script.py's MATERIAL_FILES keys
 LAMPS = ("Lamp_Key", "Lamp_Back", "Lamp_Fill")
 # Blender starts in ~1 s; a process per chunk bounds what one crash loses and any growth of its memory.
-SCENES_PER_PROCESS = 100
+SCENES_PER_PROCESS = 50
 TAIL_LINES = 8  # of Blender's output, quoted when it fails
 
 
@@ -163,13 +163,15 @@ def render_scenes(
     progress: bool = True,
     blender: str | os.PathLike | None = None,
     assets: str | os.PathLike | None = None,
+    after_chunk: Callable[[], object] | None = None,
 ) -> list[SceneFiles]:
     """Render cgan-search/scene@1 descriptions with Blender and the generator's assets.
 
     Scene i gives out/NAME_k.png for k = 0 .. len(objects) - 1 (objects[0..k] present; NAME = names[i],
     default scene_IIIIII), and with `masks` a folder of index masks of the same names (read_mask). Every
     file is renamed into place whole, so with skip_done an interrupted call, run again, renders only the
-    scenes that have not all their files. Returns every scene's files, in order.
+    scenes that have not all their files. after_chunk() runs after each Blender process (every
+    SCENES_PER_PROCESS scenes), e.g. to index what is finished. Returns every scene's files, in order.
     """
     if names is None:
         names = [f"scene_{i:06d}" for i in range(len(scenes))]
@@ -215,6 +217,8 @@ def render_scenes(
                 ],
             }
             _run_blender(exe, manifest, [files[i] for i in chunk], threads, bar)
+            if after_chunk is not None:
+                after_chunk()
     return files
 
 
