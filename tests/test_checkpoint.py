@@ -171,3 +171,35 @@ def test_a_checkpoint_saved_before_a_key_existed_resumes_with_its_default(tmp_pa
     assert ckpt.load_checkpoint(tmp_path / "old.pt")["config"]["flip"] is False
     run(cfg, tmp_path / "resumed", epochs=2, resume=tmp_path / "old.pt")
     assert ckpt.load_generator(tmp_path / "old.pt")[1].flip is False
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
+
+
+def test_a_checkpoint_saved_with_d_norm_spectral_loads_and_trains_on(tmp_path):
+    """A checkpoint written before d_spectral existed (by commit 7baef15's code, see the fixture's script):
+    its `d_norm: spectral` reads as no norm + spectral weights (in G too, for SAGAN), and resuming it to
+    epoch 2 gives the weights that code gave."""
+    old = FIXTURES / "sagan_spectral_epoch1.pt"
+    assert torch.load(old, weights_only=True)["config"]["d_norm"] == "spectral"  # as saved then
+    state = ckpt.load_checkpoint(old)
+    cfg = TrainConfig.from_dict(state["config"])
+    assert (cfg.d_norm, cfg.d_spectral, cfg.g_spectral) == ("none", True, True)
+    train(
+        cfg,
+        random_set(),
+        epochs=2,
+        out_dir=tmp_path,
+        evaluator=None,
+        conditions={},
+        resume=old,
+        progress=False,
+    )
+    got = torch.load(tmp_path / "last.pt", weights_only=True)
+    expected = torch.load(FIXTURES / "sagan_spectral_epoch2_weights.pt", weights_only=True)
+    assert got["step"] == expected["step"] == 12
+    for net in ("G", "D", "G_ema"):
+        assert got[net].keys() == expected[net].keys()
+        for key, value in expected[net].items():  # tolerance: another CPU may round convolutions otherwise
+            torch.testing.assert_close(got[net][key], value, rtol=1e-4, atol=1e-6, msg=f"{net}.{key}")
+    assert ckpt.load_generator(old)[1] == cfg
