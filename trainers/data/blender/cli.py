@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from trainers.cli import positive_int
@@ -49,8 +50,14 @@ def refuse_blender_options(args: argparse.Namespace) -> None:
         raise DataError(f"render: {', '.join(given)}: only --engine blender takes them")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # so a terminated render stops its Blender process too (engine's finally)
+
+
 def run_render(args: argparse.Namespace) -> str:
     from trainers.data.blender.dataset import render_blender_set
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
     if args.labels is not None or args.scenes is None:
         raise DataError(

@@ -247,10 +247,13 @@ def main():
     argv = sys.argv[sys.argv.index("--") + 1 :]
     with open(argv[0], encoding="utf-8") as f:
         manifest = json.load(f)
+    parent = os.getppid()
     scene, shapes, groups, masks = setup(manifest)
     width, height = manifest["size"]
     try:
         for j, job in enumerate(manifest["jobs"]):
+            if os.getppid() != parent:  # the driver died without stopping us: nobody reads these frames
+                raise SystemExit("the driver process is gone; stopping")
             say("start", j)
             render_job(scene, shapes, groups, masks, job, width, height)
             say("done", j)
