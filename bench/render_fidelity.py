@@ -4,8 +4,10 @@
 
 Stages (each skipped when its output exists, so a rerun only re-scores):
 1. `--scenes` i-CLEVR scene descriptions (seed `--seed`) in ROOT/scenes, and as many of another seed for
-   the noise floor;
-2. both sets rendered at 320x240 by the fast engine, the first also by Blender (`--samples`, masks on);
+   the noise floor; or, with `--blender DIR`, the first `--scenes` complete scenes of a Blender set made
+   by `python -m trainers.data render --engine blender` (e.g. the reference set);
+2. both sets rendered at 320x240 by the fast engine, the first also by Blender (`--samples`, masks on;
+   with `--blender` and no masks there, masks of `--mask-scenes` scenes at 1 sample);
 3. a judge fitted on fast renders at 64x64 (`--judge` to bring one; else `--train-scenes` rendered and
    fitted with `python -m trainers.evaluator fit` and `--fit-args`);
 4. figures: (a) the judge's held-out accuracy (fast) and its accuracy on the fidelity scenes by each engine
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -76,6 +79,49 @@ def blender_set(scene_files: list[Path], out: Path, *, samples: int, shadows: bo
     }
     copy_spec(out)
     write_json(out / "train.json", index)
+
+
+def adopt_blender_set(src: Path, out: Path, *, limit: int) -> list[Path]:
+    """The first `limit` complete scenes of a Blender set in the course layout (its scenes/*.json and all
+    three images in iclevr/ or images/), linked into out/images with a train.json; their scene files."""
+    images = src / "iclevr" if (src / "iclevr").is_dir() else src / "images"
+    chosen = []
+    for p in sorted((src / "scenes").glob("*.json")):
+        if all((images / f"{p.stem}_{k}.png").is_file() for k in range(3)):
+            chosen.append(p)
+        if len(chosen) == limit:
+            break
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    index = {}
+    for p in chosen:
+        labels = load_scene(p).labels
+        for k in range(3):
+            name = f"{p.stem}_{k}.png"
+            target = out / "images" / name
+            if not target.exists():
+                try:
+                    os.link(images / name, target)
+                except OSError:
+                    shutil.copyfile(images / name, target)
+            index[name] = labels[: k + 1]
+    copy_spec(out)
+    write_json(out / "train.json", index)
+    return chosen
+
+
+def blender_masks(scene_files: list[Path], out: Path) -> None:
+    """Object-index masks by Blender for these scenes (1 sample: the index pass needs no more)."""
+    from trainers.data.blender import render_scenes
+
+    render_scenes(
+        [to_json(load_scene(p)) for p in scene_files],
+        out / "images",
+        names=[p.stem for p in scene_files],
+        masks=out / "masks",
+        samples=1,
+        skip_done=True,
+        progress=False,
+    )
 
 
 def centre_errors(scene_files: list[Path], blender: Path) -> dict:
@@ -137,6 +183,12 @@ def main() -> None:
     p.add_argument("--judge", type=Path, help="an evaluator fitted on fast renders (default: fit one)")
     p.add_argument("--train-scenes", type=int, default=8000, help="fast 64x64 scenes to fit the judge on")
     p.add_argument("--fit-args", default="", help="extra arguments for `python -m trainers.evaluator fit`")
+    p.add_argument(
+        "--blender",
+        type=Path,
+        help="use this Blender set (course layout with scenes/) instead of rendering one",
+    )
+    p.add_argument("--mask-scenes", type=int, default=30, help="with --blender and no masks: scenes to mask")
     p.add_argument("--renders-only", action="store_true", help="stop after the renders (stages 1-2)")
     p.add_argument("--sheet", type=Path, default=Path("docs/render-fidelity.png"))
     args = p.parse_args()
@@ -150,8 +202,17 @@ def main() -> None:
         "shadows": args.shadows,
     }
 
-    scene_files = write_scenes(root / "scenes", seed=args.seed, n=args.scenes)
-    floor_files = write_scenes(root / "scenes-floor", seed=args.seed + 1, n=args.scenes)
+    if args.blender is not None:
+        scene_files = adopt_blender_set(args.blender, root / "blender", limit=args.scenes)
+        record["blender_set"] = str(args.blender)
+        record["scenes"] = len(scene_files)
+        settings = args.blender / "blender.json"
+        if settings.is_file():  # the set's own settings, not this command's defaults
+            made = json.loads(settings.read_text())
+            record["samples"], record["shadows"] = made.get("samples"), made.get("shadows")
+    else:
+        scene_files = write_scenes(root / "scenes", seed=args.seed, n=args.scenes)
+    floor_files = write_scenes(root / "scenes-floor", seed=args.seed + 1, n=len(scene_files))
     for name, files in (("fast", scene_files), ("fast-floor", floor_files)):
         if not (root / name / "train.json").is_file():
             _, record[f"{name}_render_seconds"] = timed(
@@ -161,6 +222,14 @@ def main() -> None:
         _, record["blender_render_seconds"] = timed(
             blender_set, scene_files, root / "blender", samples=args.samples, shadows=args.shadows == "on"
         )
+    masks = args.blender if args.blender is not None and (args.blender / "masks").is_dir() else None
+    mask_files = scene_files
+    if args.blender is None:
+        masks = root / "blender"
+    elif masks is None:
+        mask_files = scene_files[: args.mask_scenes]
+        blender_masks(mask_files, root / "masks-only")
+        masks = root / "masks-only"
 
     if args.renders_only:
         print(json.dumps(record, indent=2))
@@ -204,7 +273,7 @@ def main() -> None:
     record["fid_blender_vs_fast_other_seed"] = round(
         frechet_distance(feats["blender"], feats["fast-floor"]), 3
     )
-    record |= centre_errors(scene_files, root / "blender")
+    record |= centre_errors(mask_files, masks)
     contact_sheet(scene_files, root / "fast", root / "blender", args.sheet)
 
     text = json.dumps(record, indent=2)

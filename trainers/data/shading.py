@@ -133,8 +133,8 @@ def lamp_offsets(width: int, height: int, ss: int, rng: np.random.Generator) -> 
     shift = rng.uniform(-1, 1, (2, height, 1, width, 1)).astype(np.float32) / ss
     shu = np.broadcast_to(shift[0], (height, ss, width, ss)).reshape(height * ss, width * ss)
     shv = np.broadcast_to(shift[1], (height, ss, width, ss)).reshape(height * ss, width * ss)
-    wrap = lambda a: (a + 1) % 2 - 1  # noqa: E731 - keep shifted samples on the lamp
-    return SampleOffsets(wrap(su + shu).astype(np.float32), wrap(sv + shv).astype(np.float32))
+    # Cell centres lie within 1/ss of the edge and shifts within 1/ss: every sample stays on the lamp.
+    return SampleOffsets((su + shu).astype(np.float32), (sv + shv).astype(np.float32))
 
 
 def shadow_rays(setup: LampSetup, p, offsets: tuple[np.ndarray, np.ndarray]):
