@@ -67,6 +67,7 @@ from trainers.data.shading import (
     FLOOR_BOUNCE,
     GROUND_ALBEDO,
     OBJECT_AMBIENT,
+    SHADOW_FILL,
     indirect,
     irradiance,
     lamp_offsets,
@@ -280,7 +281,7 @@ def render_scene(
             for j in range(k):
                 if floor_shadow[j][li] is not None:
                     rect, mask = floor_shadow[j][li]
-                    vis[rect][mask] = 0
+                    vis[rect][mask] *= SHADOW_FILL
             color += colors[li][:, :, None] * (GROUND_ALBEDO / math.pi) * (e * vis)
         depth = np.full((gh, gw), np.inf, dtype=np.float32)
         for si in range(k):
@@ -290,11 +291,11 @@ def render_scene(
             per_lamp, bounce = lit[si]
             shade = bounce.copy()
             for li, radiance in enumerate(per_lamp):
-                vis = np.ones(radiance.shape[1], dtype=bool)
+                vis = np.ones(radiance.shape[1], dtype=np.float32)
                 for j in range(k):
                     mask = object_shadow.get((si, j, li))
                     if mask is not None:
-                        vis &= ~mask
+                        vis[mask] *= SHADOW_FILL
                 shade += radiance * vis
             region = depth[surf.rect]
             closer = surf.t < region

@@ -53,6 +53,10 @@ INDIRECT_RADIANCE = (0.0088, 0.0107, 0.0194, 0.0331, 0.0394, 0.0411)
 # Light the floor sends back up to an object's lower half, as a share of the floor's own radiance seen
 # over the lower hemisphere; fitted to Blender renders of the base scene (docs/data.md).
 FLOOR_BOUNCE = 0.8
+# Share of a lamp's light that still reaches a point an object shadows from it: Cycles' shadows are lit
+# by the light that object and the floor round it bounce; fitted to the floor's shadow/lit ratios in
+# Blender renders of the base scene (darkest 0.48, against 0.31 with opaque shadows).
+SHADOW_FILL = 0.35
 OBJECT_AMBIENT = 0.3  # the floor's indirect light reaching an object's upward faces, as a share
 
 
