@@ -11,7 +11,7 @@ Only the defaults below are specific to i-CLEVR; everything else is search/drive
 import sys
 
 from search.driver import main
-from search.options import Budget, EntryDefaults
+from search.budget import Budget, EntryDefaults
 
 CLEVR = EntryDefaults(
     name="clevr",
@@ -47,7 +47,7 @@ CLEVR = EntryDefaults(
         reduction_factor=3,
         scenes=10000,
         evaluator_fit=(("width", 32), ("lr", 2e-3)),
-        presets=("wgan_gp_instance", "sagan_wgan_gp", "dcgan_bce", "wgan_clip", "acgan_wgan_gp"),
+        presets=("wgan_gp_instance", "sagan_wgan_gp", "dcgan_nonsat", "wgan_clip", "acgan_wgan_gp"),
     ),
     # Tests: tiny render, a judge fitted for seconds (too weak for the 0.9 floor, so no floor), 3 epochs.
     smoke=Budget(

@@ -8,7 +8,7 @@ The same driver as search/clevr.py with other defaults: proof that the driver is
 import sys
 
 from search.driver import main
-from search.options import Budget, EntryDefaults
+from search.budget import Budget, EntryDefaults
 
 DIGITS = EntryDefaults(
     name="digits",

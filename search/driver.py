@@ -1,19 +1,22 @@
 """The one search driver. Entry scripts (search/clevr.py, search/digits.py) call `main(EntryDefaults)`.
 
-options -> local or cluster Ray -> data + evaluator (cached) -> space + presets -> MLflow parent run
--> Tuner (OptunaSearch + ASHA, or Tuner.restore of the same experiment) -> leaderboard, plots, study
--> optional promotion -> where everything is.
+`main`: options completed and checked (before Ray) -> `run`, in named steps on a local or cluster Ray:
+`prepare_search` (options for the cluster, space + presets, data + judge, cached) -> `open_parent_run`
+(MLflow) -> `make_or_restore_tuner` (OptunaSearch + ASHA, or Tuner.restore of the same experiment) -> `fit`
+-> `finish` (leaderboard, plots, study, optional promotion, where everything is).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
-from search.options import EntryDefaults, Options, complete, parse
+from search.budget import EntryDefaults
+from search.options import Options, complete, for_cluster, parse
+from trainers.cli import EXIT_FAILED, run_command
 
 STRICT_FLOOR = 0.9  # the evaluator issue's guard; budgets may accept less (a CPU demo, a smoke test)
 
@@ -23,7 +26,7 @@ def _say(text: str) -> None:
 
 
 class SearchFailed(Exception):
-    """The search ran but cannot end well (no trial finished): one line on stderr, exit status 1."""
+    """The search ran but cannot end well (no trial can be chosen): one line on stderr, exit status 1."""
 
 
 def main(entry: EntryDefaults, argv: list[str] | None = None) -> int:
@@ -36,29 +39,25 @@ def main(entry: EntryDefaults, argv: list[str] | None = None) -> int:
     args, parser = parse(entry, argv)
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         os.environ[LOOPBACK_ONLY_ENV] = "0"  # a local Ray: before anything imports ray (see start_ray)
-    probe = complete(args, parser, entry, cluster_gpus=None)  # bad input fails here, before Ray starts
-    args.experiment = probe.experiment  # one name from here on (the default embeds the time): resume names it
+    opts = complete(args, parser, entry)  # bad input fails here, before Ray starts
     from spaces import SpaceError
     from trainers.data import DataError
     from trainers.evaluator import EvaluatorError
     from trainers.registry import ConfigError
 
-    try:
-        check_before_ray(probe, parser)
-        return run(entry, args, parser)
-    except (SpaceError, DataError, EvaluatorError, ConfigError) as err:
-        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    except SearchFailed as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(
-            f"{parser.prog}: interrupted: rerun the same command with --experiment {args.experiment} to "
-            "resume (finished trials are kept)",
-            file=sys.stderr,
-        )
-        return 130
+    def body() -> int:
+        check_before_ray(opts, parser)
+        return run(opts, args, parser)
+
+    return run_command(
+        body,
+        (SpaceError, DataError, EvaluatorError, ConfigError, SearchFailed),
+        prog=parser.prog,
+        exit_codes={SearchFailed: EXIT_FAILED},
+        # the experiment's name was fixed above (the default embeds the time): the same command resumes
+        interrupted=f"interrupted: rerun the same command with --experiment {opts.experiment} to resume "
+        "(finished trials are kept)",
+    )
 
 
 SPACE_CHECK_SAMPLES = 200  # what `python -m spaces check` samples: about a second, before Ray's ~10 s start
@@ -271,69 +270,6 @@ def max_concurrent(opts: Options, resources: dict[str, float]) -> int:
     return max(1, n)
 
 
-def open_parent_run(
-    client, opts: Options, *, entry: EntryDefaults, space, prepared, presets, concurrency: int
-):
-    """(experiment id, parent run id, experiment dir, resuming): this search's parent run, or the one of the
-    interrupted driver whose Tune experiment is being restored."""
-    from ray import tune
-
-    from search import tracking
-
-    experiment_id = tracking.ensure_experiment(
-        client, opts.experiment, tracking_uri=opts.tracking_uri, artifact_root=opts.home / "mlartifacts"
-    )
-    experiment_dir = f"{opts.storage.rstrip('/')}/{opts.experiment}"
-    resuming = tune.Tuner.can_restore(experiment_dir)
-    parent = tracking.find_parent(client, experiment_id, experiment_dir) if resuming else None
-    if parent is not None:
-        client.update_run(parent, status="RUNNING")
-        return experiment_id, parent, experiment_dir, resuming
-    data, meta = prepared.data, prepared.evaluator_meta
-    tags = {
-        "search.entry": entry.name,
-        "search.model_name": entry.model_name,
-        "search.space": str(opts.space),
-        "search.space_sha256": space.sha256,
-        "search.data": prepared.data_spec,
-        "search.data_fingerprint": data.fingerprint,
-        "search.evaluator": str(prepared.evaluator_path),
-        "search.evaluator_fingerprint": prepared.evaluator_fingerprint,
-        "search.evaluator_data_fingerprint": str(meta.get("data_fingerprint")),
-        "search.evaluator_heldout_acc": str(meta.get("heldout_acc")),
-        # the figure the floor was applied to, and whether it is a held-out score or one measured on the
-        # training images (a judge given without a record for this data), which flatters a judge fitted on them
-        "search.evaluator_acc": str(meta.get("judge_acc")),
-        "search.evaluator_acc_source": str(meta.get("judge_acc_source")),
-        "search.objectives": ",".join(opts.objectives),
-        "search.budget": opts.budget_name,
-        **tracking.code_version(),
-    }
-    params = {
-        "num_samples": opts.num_samples,
-        "max_epochs": opts.max_epochs,
-        "grace_epochs": opts.grace_epochs,
-        "reduction_factor": opts.reduction_factor,
-        "gpus_per_trial": opts.gpus_per_trial,
-        "cpus_per_trial": opts.cpus_per_trial,
-        "max_concurrent": concurrency,
-        "max_failures": opts.max_failures,
-        "seed": opts.seed,
-        "size": data.size,
-        "presets": ",".join(presets) or "none",
-        "objectives": ",".join(opts.objectives),
-    }
-    parent = tracking.create_parent(
-        client,
-        experiment_id,
-        name=f"search-{opts.experiment}",
-        experiment_dir=experiment_dir,
-        tags=tags,
-        params=params,
-    )
-    return experiment_id, parent, experiment_dir, resuming
-
-
 def make_searcher(opts: Options, space, presets):
     """Seeded multivariate TPE (keyword-only arguments), PRUNED reporting, presets first."""
     import optuna
@@ -402,158 +338,280 @@ def make_tuner(opts: Options, trainable, *, searcher, callback, concurrency: int
     )
 
 
-def run(entry: EntryDefaults, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import mlflow
+@dataclass(frozen=True)
+class Search:
+    """One search once Ray is up: the options completed for the cluster, the space, the presets that fit it,
+    how many trials run at once, and the prepared data and judge (search/prepare.py)."""
+
+    opts: Options
+    space: Any
+    presets: dict[str, dict[str, Any]]
+    concurrency: int
+    prepared: Any
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    """The search's MLflow parent run, and the Tune experiment it belongs to."""
+
+    client: Any  # MlflowClient
+    experiment_id: str
+    run_id: str
+    experiment_dir: str
+    resuming: bool  # the Tune experiment exists: Tuner.restore, the interrupted driver's parent run
+
+
+def run(opts: Options, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """prepare -> open the parent run -> tuner -> fit -> finish, on the Ray this process joins or starts."""
     import optuna
     import ray
-    from mlflow.tracking import MlflowClient
-    from ray import tune
-
-    from search import report, tracking
-    from search.prepare import prepare
-    from search.options import redacted
-    from search.trial import TrialSetup, run_trial
-    from spaces import load_space
 
     # The legacy reporter prints one compact table (CLIReporter columns) every 30 s instead of a box per
     # result; a forced experiment snapshot per checkpoint (num_to_keep=1) is what makes resume exact.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # group=True, plots
-    started = start_ray(args.address)
+    started = start_ray(opts.address)
     try:
-        resources = ray.cluster_resources()
-        opts = complete(args, parser, entry, cluster_gpus=resources.get("GPU", 0))
-        space = load_space(opts.space)
-        presets, notes = fitting_presets(space, opts.presets)
-        concurrency = max_concurrent(opts, resources)
-        _say(
-            f"{opts.experiment}: {opts.budget_name} budget, space {opts.space.name} ({space.summary()}), "
-            f"{opts.num_samples} trials <= {opts.max_epochs} epochs, ASHA grace {opts.grace_epochs} rf "
-            f"{opts.reduction_factor}, {'how many at once: measured below' if opts.gpus_auto else concurrency} "
-            f"({opts.cpus_per_trial:g} CPU, {'auto' if opts.gpus_auto else f'{opts.gpus_per_trial:g}'} GPU each), "
-            f"presets: {', '.join(presets) or 'none'}"
-        )
-        for note in notes:
-            _say(note)
-        prepared = prepare(opts, log=_say)
-        data = prepared.data
-        judge_acc = float(prepared.evaluator_meta.get("judge_acc", float("nan")))
-        source = prepared.evaluator_meta.get("judge_acc_source", "held-out")
-        if judge_acc < STRICT_FLOOR:
-            _say(
-                f"warning: the evaluator's {source} accuracy {judge_acc:.3f} is below {STRICT_FLOOR}, the floor "
-                f"of real searches (this run accepts >= {opts.evaluator_floor}): read its accuracies as rough"
-            )
-        _say(
-            f"data {prepared.data_spec}: {len(data)} images at {data.size}px (fingerprint {data.fingerprint}); "
-            f"evaluator {prepared.evaluator_path} ({source} acc {judge_acc:.3f}, the floor applies to it)"
-        )
-        if opts.gpus_auto:
-            opts = auto_gpus_per_trial(opts, space, prepared, resources)
-            concurrency = max_concurrent(opts, resources)
-            _say(f"{concurrency} trials at once")
-
-        mlflow.set_tracking_uri(opts.tracking_uri)
-        client = MlflowClient(opts.tracking_uri)
-        experiment_id, parent, experiment_dir, resuming = open_parent_run(
-            client,
-            opts,
-            entry=entry,
-            space=space,
-            prepared=prepared,
-            presets=presets,
-            concurrency=concurrency,
-        )
-        setup = TrialSetup(
-            evaluator=prepared.evaluator_path.read_bytes(),
-            evaluator_meta=prepared.evaluator_meta,
-            conditions=prepared.conditions,
-            max_epochs=opts.max_epochs,
-            seed=opts.seed,
-            cpus=opts.cpus_per_trial,
-            use_gpu=opts.gpus_per_trial > 0,
-        )
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, data=data, setup=setup),  # in the object store once per search
-            {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
-        )
-        if resuming:
-            _say(f"resuming {experiment_dir} (finished trials are kept, the study continues)")
-            tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True)
-        else:
-            callback = tracking.TrialRunsCallback(
-                tracking_uri=opts.tracking_uri,
-                experiment_id=experiment_id,
-                parent_run_id=parent,
-                max_epochs=opts.max_epochs,
-                presets=presets,
-                pruned_generator=opts.pruned_generator,  # kept with the callback when a search resumes
-            )
-            tuner = make_tuner(
-                opts,
-                trainable,
-                searcher=make_searcher(opts, space, presets),
-                callback=callback,
-                concurrency=concurrency,
-            )
-        try:
-            results = tuner.fit()
-        except BaseException as err:  # Ctrl-C twice (Tune's last snapshot skipped), a sampled config refused
-            client.set_terminated(parent, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-            raise
-        if interrupted(results, opts.num_samples):
-            client.set_terminated(parent, status="KILLED")  # rerun the same command to resume
-            raise KeyboardInterrupt
-
-        summary = report.summarize(
-            results,
-            client=client,
-            parent_run_id=parent,
-            max_epochs=opts.max_epochs,
-            objectives=opts.objectives,
-            ceiling=prepared.ceiling,
-            ceiling_source=prepared.ceiling_source,
-            presets=presets,
-            log=_say,
-            allow_pruned=opts.allow_pruned,
-        )
-        if opts.promote and summary.best is not None:
-            from search.promote import promote
-
-            version = promote(
-                client,
-                opts.experiment,
-                objectives=opts.objectives,  # acc,fid: from the Pareto front, the rule the summary used
-                allow_pruned=opts.allow_pruned,
-                alias="champion",
-                model_name=entry.model_name,
-                log=_say,
-            )
-            _say(f"promoted: models:/{entry.model_name}@champion (version {version.version})")
-        if summary.best is None:
-            client.set_terminated(parent, status="FAILED")
-            raise SearchFailed(
-                f"no trial of {opts.experiment} can be chosen ({len(results)} trials: {summary.counts['FAIL']} "
-                f"failed, {summary.counts['PRUNED']} pruned, {summary.counts['diverged']} diverged); the "
-                f"errors are in {results.experiment_path}/trial_*/error.txt"
-            )
-        client.set_terminated(parent, status="FINISHED")
-        _say(f"artifacts: Tune results and checkpoints in {results.experiment_path}")
-        _say(f"artifacts: MLflow runs in {redacted(opts.tracking_uri)} (experiment {opts.experiment})")
-        _say(f"open the MLflow UI: {tracking.mlflow_ui_command(opts.tracking_uri, experiment_id)}")
-        promote_flags = "".join(
-            (f" --objectives {','.join(opts.objectives)}" if len(opts.objectives) > 1 else "",
-             " --allow-pruned" if opts.allow_pruned else "")
-        )  # fmt: skip
-        login = (
-            " (MLFLOW_TRACKING_USERNAME/_PASSWORD set)" if "MLFLOW_TRACKING_USERNAME" in os.environ else ""
-        )
-        _say(
-            f"promote the best: python -m search.promote --experiment {opts.experiment}{promote_flags} "
-            f"--tracking-uri {redacted(opts.tracking_uri)}{login}"
-        )
-        return 0
+        search = prepare_search(opts, args, parser)
+        parent = open_parent_run(search)
+        tuner = make_or_restore_tuner(search, parent)
+        results = fit(tuner, search, parent)
+        return finish(search, parent, results)
     finally:
         if started:
             ray.shutdown()
+
+
+def prepare_search(opts: Options, args: argparse.Namespace, parser: argparse.ArgumentParser) -> Search:
+    """The options for this cluster, the space and presets, the data and judge (rendered and fitted once,
+    cached), and with --gpus-per-trial auto the measured fraction. Says what it chose."""
+    import ray
+
+    from search.prepare import prepare
+    from spaces import load_space
+
+    resources = ray.cluster_resources()
+    opts = for_cluster(opts, args, parser, resources.get("GPU", 0))
+    space = load_space(opts.space)
+    presets, notes = fitting_presets(space, opts.presets)
+    concurrency = max_concurrent(opts, resources)
+    _say(
+        f"{opts.experiment}: {opts.budget_name} budget, space {opts.space.name} ({space.summary()}), "
+        f"{opts.num_samples} trials <= {opts.max_epochs} epochs, ASHA grace {opts.grace_epochs} rf "
+        f"{opts.reduction_factor}, {'how many at once: measured below' if opts.gpus_auto else concurrency} "
+        f"({opts.cpus_per_trial:g} CPU, {'auto' if opts.gpus_auto else f'{opts.gpus_per_trial:g}'} GPU each), "
+        f"presets: {', '.join(presets) or 'none'}"
+    )
+    for note in notes:
+        _say(note)
+    prepared = prepare(opts, log=_say)
+    _say_judge(opts, prepared)
+    if opts.gpus_auto:
+        opts = auto_gpus_per_trial(opts, space, prepared, resources)
+        concurrency = max_concurrent(opts, resources)
+        _say(f"{concurrency} trials at once")
+    return Search(opts=opts, space=space, presets=presets, concurrency=concurrency, prepared=prepared)
+
+
+def _say_judge(opts: Options, prepared) -> None:
+    data = prepared.data
+    judge_acc = float(prepared.evaluator_meta.get("judge_acc", float("nan")))
+    source = prepared.evaluator_meta.get("judge_acc_source", "held-out")
+    if judge_acc < STRICT_FLOOR:
+        _say(
+            f"warning: the evaluator's {source} accuracy {judge_acc:.3f} is below {STRICT_FLOOR}, the floor "
+            f"of real searches (this run accepts >= {opts.evaluator_floor}): read its accuracies as rough"
+        )
+    _say(
+        f"data {prepared.data_spec}: {len(data)} images at {data.size}px (fingerprint {data.fingerprint}); "
+        f"evaluator {prepared.evaluator_path} ({source} acc {judge_acc:.3f}, the floor applies to it)"
+    )
+
+
+def open_parent_run(search: Search) -> ParentRun:
+    """This search's parent run, or the one of the interrupted driver whose Tune experiment is restored."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from search import tracking
+
+    opts = search.opts
+    mlflow.set_tracking_uri(opts.tracking_uri)
+    client = MlflowClient(opts.tracking_uri)
+    experiment_id = tracking.ensure_experiment(
+        client, opts.experiment, tracking_uri=opts.tracking_uri, artifact_root=opts.home / "mlartifacts"
+    )
+    experiment_dir = f"{opts.storage.rstrip('/')}/{opts.experiment}"
+    resuming = tune.Tuner.can_restore(experiment_dir)
+    run_id = tracking.find_parent(client, experiment_id, experiment_dir) if resuming else None
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = tracking.create_parent(
+            client,
+            experiment_id,
+            name=f"search-{opts.experiment}",
+            experiment_dir=experiment_dir,
+            tags=_parent_tags(search),
+            params=_parent_params(search),
+        )
+    return ParentRun(client, experiment_id, run_id, experiment_dir, resuming)
+
+
+def _parent_tags(search: Search) -> dict[str, str]:
+    from search import tracking
+
+    opts, prepared = search.opts, search.prepared
+    meta = prepared.evaluator_meta
+    return {
+        "search.entry": opts.entry.name,
+        "search.model_name": opts.entry.model_name,
+        "search.space": str(opts.space),
+        "search.space_sha256": search.space.sha256,
+        "search.data": prepared.data_spec,
+        "search.data_fingerprint": prepared.data.fingerprint,
+        "search.evaluator": str(prepared.evaluator_path),
+        "search.evaluator_fingerprint": prepared.evaluator_fingerprint,
+        "search.evaluator_data_fingerprint": str(meta.get("data_fingerprint")),
+        "search.evaluator_heldout_acc": str(meta.get("heldout_acc")),
+        # the figure the floor was applied to, and whether it is a held-out score or one measured on the
+        # training images (a judge given without a record for this data), which flatters a judge fitted on them
+        "search.evaluator_acc": str(meta.get("judge_acc")),
+        "search.evaluator_acc_source": str(meta.get("judge_acc_source")),
+        "search.objectives": ",".join(opts.objectives),
+        "search.budget": opts.budget_name,
+        **tracking.code_version(),
+    }
+
+
+def _parent_params(search: Search) -> dict[str, Any]:
+    opts = search.opts
+    return {
+        "num_samples": opts.num_samples,
+        "max_epochs": opts.max_epochs,
+        "grace_epochs": opts.grace_epochs,
+        "reduction_factor": opts.reduction_factor,
+        "gpus_per_trial": opts.gpus_per_trial,
+        "cpus_per_trial": opts.cpus_per_trial,
+        "max_concurrent": search.concurrency,
+        "max_failures": opts.max_failures,
+        "seed": opts.seed,
+        "size": search.prepared.data.size,
+        "presets": ",".join(search.presets) or "none",
+        "objectives": ",".join(opts.objectives),
+    }
+
+
+def make_or_restore_tuner(search: Search, parent: ParentRun):
+    """The trainable with the data and judge in Ray's object store, and a new Tuner, or the interrupted
+    search's restored (finished trials kept, the study continues)."""
+    from ray import tune
+
+    from search import tracking
+    from search.trial import TrialSetup, run_trial
+
+    opts, prepared = search.opts, search.prepared
+    setup = TrialSetup(
+        evaluator=prepared.evaluator_path.read_bytes(),
+        evaluator_meta=prepared.evaluator_meta,
+        conditions=prepared.conditions,
+        max_epochs=opts.max_epochs,
+        seed=opts.seed,
+        cpus=opts.cpus_per_trial,
+        use_gpu=opts.gpus_per_trial > 0,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial, data=prepared.data, setup=setup
+        ),  # in the object store once per search
+        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
+    )
+    if parent.resuming:
+        _say(f"resuming {parent.experiment_dir} (finished trials are kept, the study continues)")
+        return tune.Tuner.restore(parent.experiment_dir, trainable, resume_errored=True)
+    callback = tracking.TrialRunsCallback(
+        tracking_uri=opts.tracking_uri,
+        experiment_id=parent.experiment_id,
+        parent_run_id=parent.run_id,
+        max_epochs=opts.max_epochs,
+        presets=search.presets,
+        pruned_generator=opts.pruned_generator,  # kept with the callback when a search resumes
+    )
+    searcher = make_searcher(opts, search.space, search.presets)
+    return make_tuner(opts, trainable, searcher=searcher, callback=callback, concurrency=search.concurrency)
+
+
+def fit(tuner, search: Search, parent: ParentRun):
+    """Tuner.fit, with the parent run KILLED on Ctrl-C (rerun the same command to resume) or FAILED."""
+    try:
+        results = tuner.fit()
+    except BaseException as err:  # Ctrl-C twice (Tune's last snapshot skipped), a sampled config refused
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        parent.client.set_terminated(parent.run_id, status=status)
+        raise
+    if interrupted(results, search.opts.num_samples):
+        parent.client.set_terminated(parent.run_id, status="KILLED")
+        raise KeyboardInterrupt
+    return results
+
+
+def finish(search: Search, parent: ParentRun, results) -> int:
+    """Leaderboard, plots and study on the parent run, the optional promotion, where everything is."""
+    from search import report
+
+    opts, client = search.opts, parent.client
+    summary = report.summarize(
+        results,
+        client=client,
+        parent_run_id=parent.run_id,
+        max_epochs=opts.max_epochs,
+        objectives=opts.objectives,
+        ceiling=search.prepared.ceiling,
+        ceiling_source=search.prepared.ceiling_source,
+        presets=search.presets,
+        log=_say,
+        allow_pruned=opts.allow_pruned,
+    )
+    if opts.promote and summary.best is not None:
+        from search.promote import promote
+
+        version = promote(
+            client,
+            opts.experiment,
+            objectives=opts.objectives,  # acc,fid: from the Pareto front, the rule the summary used
+            allow_pruned=opts.allow_pruned,
+            alias="champion",
+            model_name=opts.entry.model_name,
+            log=_say,
+        )
+        _say(f"promoted: models:/{opts.entry.model_name}@champion (version {version.version})")
+    if summary.best is None:
+        client.set_terminated(parent.run_id, status="FAILED")
+        raise SearchFailed(
+            f"no trial of {opts.experiment} can be chosen ({len(results)} trials: {summary.counts['FAIL']} "
+            f"failed, {summary.counts['PRUNED']} pruned, {summary.counts['diverged']} diverged); the "
+            f"errors are in {results.experiment_path}/trial_*/error.txt"
+        )
+    client.set_terminated(parent.run_id, status="FINISHED")
+    _say_where(opts, parent, results)
+    return 0
+
+
+def _say_where(opts: Options, parent: ParentRun, results) -> None:
+    from search import tracking
+    from search.options import redacted
+
+    _say(f"artifacts: Tune results and checkpoints in {results.experiment_path}")
+    _say(f"artifacts: MLflow runs in {redacted(opts.tracking_uri)} (experiment {opts.experiment})")
+    _say(f"open the MLflow UI: {tracking.mlflow_ui_command(opts.tracking_uri, parent.experiment_id)}")
+    promote_flags = "".join(
+        (f" --objectives {','.join(opts.objectives)}" if len(opts.objectives) > 1 else "",
+         " --allow-pruned" if opts.allow_pruned else "")
+    )  # fmt: skip
+    login = " (MLFLOW_TRACKING_USERNAME/_PASSWORD set)" if "MLFLOW_TRACKING_USERNAME" in os.environ else ""
+    _say(
+        f"promote the best: python -m search.promote --experiment {opts.experiment}{promote_flags} "
+        f"--tracking-uri {redacted(opts.tracking_uri)}{login}"
+    )

@@ -3,19 +3,24 @@
 A value left unset on the command line is filled from the entry's budget for the machine it runs on
 (`smoke` with --smoke-test, `gpu` when the Ray cluster has a GPU, else `cpu`), so `python search/clevr.py`
 with no arguments is a complete, right-sized search on a laptop and a larger one on a GPU node.
+`OPTIONS` is the one table of flags: argparse, --help (with each budget's value) and that fill read it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from search.budget import BUDGET_NAMES, Budget, EntryDefaults
 from trainers.cli import OneLineParser, int_at_least, non_negative_int, positive_int
 
 HOME_ENV = "CGAN_SEARCH_HOME"
@@ -25,54 +30,15 @@ _EXPERIMENT = re.compile(
 )  # a directory name and an MLflow experiment name
 
 
-@dataclass(frozen=True)
-class Budget:
-    """How big one search is. Times are for 2 CPU cores (cpu), one GPU (gpu) or a test (smoke)."""
-
-    space: str  # file name under spaces/, or a path
-    size: int  # training resolution; the evaluator always sees 64x64
-    num_samples: int
-    max_epochs: int
-    grace_epochs: int
-    reduction_factor: int
-    scenes: int = 0  # synthetic i-CLEVR scenes to render (3 images each); 0 for other data
-    evaluator_fit: tuple[tuple[str, object], ...] = ()  # FitConfig overrides for an auto-fitted judge
-    evaluator_floor: float = 0.9  # the guard of the evaluator issue; a smoke judge is allowed to be weak
-    presets: tuple[
-        str, ...
-    ] = ()  # spaces/presets/ recipes enqueued first (warm start) when they fit the space
-
-
-@dataclass(frozen=True)
-class EntryDefaults:
-    """What makes one entry script different from another: nothing else may differ."""
-
-    name: str  # experiment prefix
-    description: str
-    model_name: str  # registered model name used by --promote and search.promote
-    data: str  # "synthetic", "digits", a folder or a .parquet pack
-    cpu: Budget
-    gpu: Budget
-    smoke: Budget
-
-
-@dataclass(frozen=True)
-class Options:
-    """Parsed and completed options; every path is absolute."""
+@dataclass(frozen=True, kw_only=True)
+class Options(Budget):
+    """Parsed and completed options: the budget with the command line's values filled in, and the rest.
+    Every path is absolute."""
 
     entry: EntryDefaults
     home: Path
-    space: Path
     data: str
-    size: int
-    scenes: int
     evaluator: Path | None
-    evaluator_floor: float
-    evaluator_fit: dict[str, object]
-    num_samples: int
-    max_epochs: int
-    grace_epochs: int
-    reduction_factor: int
     gpus_per_trial: float  # with gpus_auto: 1 until the driver has measured (search/packing.py)
     cpus_per_trial: float
     max_concurrent: int | None
@@ -85,7 +51,6 @@ class Options:
     smoke_test: bool
     objectives: tuple[str, ...]
     max_failures: int
-    presets: tuple[str, ...]
     address: str | None
     budget_name: str
     gpus_auto: bool = False  # --gpus-per-trial auto: the driver sets gpus_per_trial from a probe step
@@ -159,8 +124,149 @@ def _experiment(text: str) -> str:
     return text
 
 
+def _names(value: tuple[str, ...]) -> str:
+    return ",".join(value) or "none"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One option of the search's command line. `name` is its argparse dest and its Options field (`--max-epochs`:
+    max_epochs). With `budget` it is also a Budget field: left unset, the budget's value fills it, and --help
+    shows each budget's value. `help` may name the entry ({entry.name}, {entry.model_name}); a callable
+    `default` is given the entry."""
+
+    name: str
+    help: str
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    budget: bool = False
+    action: str | None = None
+    choices: tuple[str, ...] | None = None
+    show: Callable[[Any], str] = str  # how a budget's value reads in --help
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name.replace('_', '-')}"
+
+
+# In --help order. The budgeted rows are exactly the Budget fields a user may set (tests/test_search.py).
+OPTIONS = (
+    Flag("space", "search space YAML: a path, or a file name under spaces/", budget=True),
+    Flag(
+        "data",
+        "'synthetic' (render i-CLEVR once, cached), 'digits', an i-CLEVR layout folder, or a .parquet pack",
+        default=lambda entry: entry.data,
+    ),
+    Flag("size", "training resolution", positive_int, budget=True),
+    Flag(
+        "evaluator",
+        "judge checkpoint: the official {{'model': sd}} file, or a project one; without a sidecar of this data "
+        "it is measured on the data first (cached); default: one fitted on the data once, cached under the home",
+        Path,
+    ),
+    Flag(
+        "evaluator_floor",
+        "refuse an evaluator whose held-out (or, for a given one, measured) accuracy is below this",
+        float,
+        budget=True,
+    ),
+    Flag("num_samples", "trials in total", positive_int, budget=True),
+    Flag("max_epochs", "epochs of a trial ASHA never stops", positive_int, budget=True),
+    Flag("grace_epochs", "epochs before ASHA may stop a trial", positive_int, budget=True),
+    Flag(
+        "reduction_factor",
+        "ASHA keeps 1/rf of the trials at each rung",
+        int_at_least(2),  # ASHA asserts rf > 1: at 1 it would keep every trial at every rung
+        budget=True,
+    ),
+    Flag(
+        "gpus_per_trial",
+        "GPUs per trial; a fraction such as 0.25 packs 4 trials on one GPU; 'auto' packs as many as the "
+        "measured memory of one probe step of the space's largest configs allows (default: 0.25 when the "
+        "cluster has GPUs, else 0)",
+        _gpus,
+    ),
+    Flag("cpus_per_trial", "CPU cores per trial (torch threads in the trial)", _resource, default=1.0),
+    Flag(
+        "max_concurrent",
+        "trials running at once (default: what the cluster's CPUs and GPUs hold at the per-trial sizes)",
+        positive_int,
+    ),
+    Flag("storage", "Ray Tune storage: absolute path or URI (default: HOME/ray_results)"),
+    Flag(
+        "tracking_uri",
+        "MLflow tracking: http://host:port of a tracking server, or a local store such as "
+        "sqlite:////abs/mlflow.db (default: sqlite:///HOME/mlflow.db, artifacts in HOME/mlartifacts)",
+    ),
+    Flag(
+        "experiment",
+        "Tune experiment and MLflow experiment name; rerun with the same name to resume a killed search "
+        "(default: {entry.name}-YYYYMMDD-HHMMSS, a new search)",
+        _experiment,
+    ),
+    Flag(
+        "seed",
+        "seeds the TPE sampler and every trial (the cached data and judge do not depend on it)",
+        int,
+        default=0,
+    ),
+    Flag(
+        "promote",
+        "register the best trial's generator as '{entry.model_name}' (alias champion) at the end",
+        action="store_true",
+    ),
+    Flag(
+        "allow_pruned",
+        "let the best trial line and --promote choose a trial ASHA stopped before --max-epochs (by its "
+        "last evaluation); by default only trials that ran to --max-epochs without diverging are chosen",
+        action="store_true",
+    ),
+    Flag(
+        "pruned_generator",
+        "what a trial ASHA stopped keeps on disk and in MLflow once it ends: none, or the generator of "
+        "its last evaluation (default: last with --allow-pruned, else none; finished trials always keep "
+        "their best evaluation's generator)",
+        choices=("none", "last"),
+    ),
+    Flag(
+        "smoke_test",
+        "a genuinely small search (tiny data, tiny judge, smoke space): plumbing check in ~1-2 minutes",
+        action="store_true",
+    ),
+    Flag(
+        "objectives",
+        "'acc' or 'acc,fid' (multi-objective TPE: maximize acc, minimize FID; ASHA still stops on acc)",
+        _objectives,
+        default=("acc",),
+    ),
+    Flag(
+        "max_failures",
+        "retries of a trial whose worker dies (from its latest checkpoint)",
+        non_negative_int,
+        default=2,
+    ),
+    Flag(
+        "presets",
+        "recipes from spaces/presets/ enqueued as the first trials (warm start), comma separated, or "
+        "'none'; presets the space cannot express are skipped with a note",
+        _presets,
+        budget=True,
+        show=_names,
+    ),
+    Flag("address", "Ray cluster address (default: $RAY_ADDRESS, set by `ray job submit`; else a local Ray)"),
+)
+BUDGETED = tuple(f for f in OPTIONS if f.budget)
+
+
+def _help(flag: Flag, entry: EntryDefaults) -> str:
+    text = flag.help.format(entry=entry)
+    if not flag.budget:
+        return text
+    values = " / ".join(flag.show(getattr(getattr(entry, b), flag.name)) for b in BUDGET_NAMES)
+    return f"{text} (budget {'/'.join(BUDGET_NAMES)}: {values})"
+
+
 def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
-    cpu, gpu, smoke = entry.cpu, entry.gpu, entry.smoke
     p = OneLineParser(
         prog=prog,
         description=f"{entry.description} Optuna (TPE) samples each trial's recipe from a YAML space, Ray Tune "
@@ -170,138 +276,13 @@ def build_parser(entry: EntryDefaults, prog: str) -> argparse.ArgumentParser:
         "(default ~/.cgan-search).",
         formatter_class=HelpFormatter,
     )
-    a = p.add_argument
-    a(
-        "--space",
-        help=f"search space YAML: a path, or a file name under spaces/ (budget cpu/gpu/smoke: {cpu.space} / {gpu.space} / "
-        f"{smoke.space})",
-    )
-    a(
-        "--data",
-        default=entry.data,
-        help="'synthetic' (render i-CLEVR once, cached), 'digits', an i-CLEVR layout folder, or a .parquet pack",
-    )
-    a(
-        "--size",
-        type=positive_int,
-        help=f"training resolution (budget cpu/gpu/smoke: {cpu.size} / {gpu.size} / {smoke.size})",
-    )
-    a(
-        "--evaluator",
-        type=Path,
-        help="judge checkpoint: the official {'model': sd} file, or a project one; without a sidecar of this "
-        "data it is measured on the data first (cached); default: one fitted on the data once, cached under the home",
-    )
-    a(
-        "--evaluator-floor",
-        type=float,
-        help="refuse an evaluator whose held-out (or, for a given one, measured) accuracy is below this "
-        "(budget cpu/gpu/smoke: "
-        f"{cpu.evaluator_floor} / {gpu.evaluator_floor} / {smoke.evaluator_floor})",
-    )
-    a(
-        "--num-samples",
-        type=positive_int,
-        help=f"trials in total (budget cpu/gpu/smoke: {cpu.num_samples} / {gpu.num_samples} / {smoke.num_samples})",
-    )
-    a(
-        "--max-epochs",
-        type=positive_int,
-        help=f"epochs of a trial ASHA never stops (budget cpu/gpu/smoke: {cpu.max_epochs} / {gpu.max_epochs} / {smoke.max_epochs})",
-    )
-    a(
-        "--grace-epochs",
-        type=positive_int,
-        help=f"epochs before ASHA may stop a trial (budget cpu/gpu/smoke: {cpu.grace_epochs} / {gpu.grace_epochs} / {smoke.grace_epochs})",
-    )
-    a(
-        "--reduction-factor",
-        type=int_at_least(2),  # ASHA asserts rf > 1: at 1 it would keep every trial at every rung
-        help="ASHA keeps 1/rf of the trials at each rung (budget cpu/gpu/smoke: "
-        f"{cpu.reduction_factor} / {gpu.reduction_factor} / {smoke.reduction_factor})",
-    )
-    a(
-        "--gpus-per-trial",
-        type=_gpus,
-        help="GPUs per trial; a fraction such as 0.25 packs 4 trials on one GPU; 'auto' packs as many as the "
-        "measured memory of one probe step of the space's largest configs allows (default: 0.25 when the "
-        "cluster has GPUs, else 0)",
-    )
-    a(
-        "--cpus-per-trial",
-        type=_resource,
-        default=1.0,
-        help="CPU cores per trial (torch threads in the trial)",
-    )
-    a(
-        "--max-concurrent",
-        type=positive_int,
-        help="trials running at once (default: what the cluster's CPUs and GPUs hold at the per-trial sizes)",
-    )
-    a("--storage", help="Ray Tune storage: absolute path or URI (default: HOME/ray_results)")
-    a(
-        "--tracking-uri",
-        help="MLflow tracking: http://host:port of a tracking server, or a local store such as "
-        "sqlite:////abs/mlflow.db (default: sqlite:///HOME/mlflow.db, artifacts in HOME/mlartifacts)",
-    )
-    a(
-        "--experiment",
-        type=_experiment,
-        help=f"Tune experiment and MLflow experiment name; rerun with the same name to resume a killed search "
-        f"(default: {entry.name}-YYYYMMDD-HHMMSS, a new search)",
-    )
-    a(
-        "--seed",
-        type=int,
-        default=0,
-        help="seeds the TPE sampler and every trial (the cached data and judge do not depend on it)",
-    )
-    a(
-        "--promote",
-        action="store_true",
-        help=f"register the best trial's generator as '{entry.model_name}' (alias champion) at the end",
-    )
-    a(
-        "--allow-pruned",
-        action="store_true",
-        help="let the best trial line and --promote choose a trial ASHA stopped before --max-epochs (by its "
-        "last evaluation); by default only trials that ran to --max-epochs without diverging are chosen",
-    )
-    a(
-        "--pruned-generator",
-        choices=("none", "last"),
-        help="what a trial ASHA stopped keeps on disk and in MLflow once it ends: none, or the generator of "
-        "its last evaluation (default: last with --allow-pruned, else none; finished trials always keep "
-        "their best evaluation's generator)",
-    )
-    a(
-        "--smoke-test",
-        action="store_true",
-        help="a genuinely small search (tiny data, tiny judge, smoke space): plumbing check in ~1-2 minutes",
-    )
-    a(
-        "--objectives",
-        type=_objectives,
-        default=("acc",),
-        help="'acc' or 'acc,fid' (multi-objective TPE: maximize acc, minimize FID; ASHA still stops on acc)",
-    )
-    a(
-        "--max-failures",
-        type=non_negative_int,
-        default=2,
-        help="retries of a trial whose worker dies (from its latest checkpoint)",
-    )
-    a(
-        "--presets",
-        type=_presets,
-        help=f"recipes from spaces/presets/ enqueued as the first trials (warm start), comma separated, or "
-        f"'none'; presets the space cannot express are skipped with a note (budget cpu/gpu/smoke: {','.join(cpu.presets) or 'none'} / "
-        f"{','.join(gpu.presets) or 'none'} / {','.join(smoke.presets) or 'none'})",
-    )
-    a(
-        "--address",
-        help="Ray cluster address (default: $RAY_ADDRESS, set by `ray job submit`; else a local Ray)",
-    )
+    for flag in OPTIONS:
+        if flag.action:
+            kwargs: dict[str, Any] = {"action": flag.action}
+        else:
+            default = flag.default(entry) if callable(flag.default) else flag.default
+            kwargs = {"type": flag.type, "default": default, "choices": flag.choices}
+        p.add_argument(flag.flag, help=_help(flag, entry), **kwargs)
     return p
 
 
@@ -459,101 +440,126 @@ def parse(
     return parser.parse_args(argv), parser
 
 
-def complete(
-    args: argparse.Namespace,
-    parser: argparse.ArgumentParser,
-    entry: EntryDefaults,
-    *,
-    cluster_gpus: float | None,
-) -> Options:
-    """Fill what the command line left unset from the right budget and check what argparse cannot.
-
-    `cluster_gpus` None: not known yet (before Ray starts); everything but GPU availability is checked."""
-    budget_name = "smoke" if args.smoke_test else "gpu" if cluster_gpus else "cpu"
-    budget: Budget = getattr(entry, budget_name)
-    home = default_home()
-    space = _space_path(args.space or budget.space)
+def _budget(args: argparse.Namespace, parser: argparse.ArgumentParser, budget: Budget) -> Budget:
+    """The budget with every budgeted value the command line gave; a budget's grace never exceeds the
+    --max-epochs given. The space becomes an absolute path."""
+    given = {f.name: getattr(args, f.name) for f in BUDGETED if getattr(args, f.name) is not None}
+    filled = dataclasses.replace(budget, **given)
+    if args.grace_epochs is None:
+        filled = dataclasses.replace(filled, grace_epochs=min(budget.grace_epochs, filled.max_epochs))
+    space = _space_path(str(filled.space))
     if not space.is_file():
-        parser.error(f"--space {args.space or budget.space}: no such file (a path, or a name under spaces/)")
-    evaluator = args.evaluator.expanduser().resolve() if args.evaluator else None
-    if evaluator is not None and not evaluator.is_file():
-        parser.error(f"--evaluator {args.evaluator}: no such file")
-    storage = args.storage or str(home / "ray_results")
-    if "://" not in storage:
-        if not os.path.isabs(os.path.expanduser(storage)):
-            parser.error(
-                f"--storage {storage}: must be an absolute path or a URI (trials run in other directories)"
-            )
-        storage = str(Path(storage).expanduser())
-        if problem := folder_problem(Path(storage)):
-            parser.error(f"--storage {storage}: {problem}")
-    data = args.data
-    if data not in ("synthetic", "digits"):
-        path = Path(data).expanduser()
-        if not path.exists():
-            parser.error(f"--data {data}: no such folder or file (or use 'synthetic' / 'digits')")
-        data = str(path.resolve())
-    auto = args.gpus_per_trial == "auto"
-    if auto and cluster_gpus is not None and cluster_gpus <= 0:
+        parser.error(f"--space {filled.space}: no such file (a path, or a name under spaces/)")
+    return dataclasses.replace(filled, space=space)
+
+
+def _storage(text: str | None, home: Path, parser: argparse.ArgumentParser) -> str:
+    storage = text or str(home / "ray_results")
+    if "://" in storage:
+        return storage
+    if not os.path.isabs(os.path.expanduser(storage)):
         parser.error(
-            "--gpus-per-trial auto: the Ray cluster has no GPU to measure a probe step on "
-            "(give a number, e.g. 0 for CPU trials)"
+            f"--storage {storage}: must be an absolute path or a URI (trials run in other directories)"
         )
-    if auto:
-        gpus = 1.0  # one trial per GPU until the driver's probe has measured (search/packing.py)
-    else:
-        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if cluster_gpus else 0.0)
-    if gpus > 0 and cluster_gpus is not None and cluster_gpus <= 0:
+    storage = str(Path(storage).expanduser())
+    if problem := folder_problem(Path(storage)):
+        parser.error(f"--storage {storage}: {problem}")
+    return storage
+
+
+def _data(text: str, parser: argparse.ArgumentParser) -> str:
+    if text in ("synthetic", "digits"):
+        return text
+    path = Path(text).expanduser()
+    if not path.exists():
+        parser.error(f"--data {text}: no such folder or file (or use 'synthetic' / 'digits')")
+    return str(path.resolve())
+
+
+def _gpus_per_trial(given: float | str | None, cluster_gpus: float | None, parser) -> tuple[float, bool]:
+    """(GPUs per trial, auto). `cluster_gpus` None: not known yet, so not checked against the cluster."""
+    no_gpu = cluster_gpus is not None and cluster_gpus <= 0
+    if given == "auto":
+        if no_gpu:
+            parser.error(
+                "--gpus-per-trial auto: the Ray cluster has no GPU to measure a probe step on "
+                "(give a number, e.g. 0 for CPU trials)"
+            )
+        return 1.0, True  # one trial per GPU until the driver's probe has measured (search/packing.py)
+    gpus = given if given is not None else (0.25 if cluster_gpus else 0.0)
+    if gpus > 0 and no_gpu:
         parser.error(f"--gpus-per-trial {gpus:g}: the Ray cluster has no GPU")
-    if problem := size_problem(args.size or budget.size, data):
-        parser.error(f"--size {args.size or budget.size}: {problem}")
-    if gpus > 1 and gpus != int(gpus):
-        parser.error(f"--gpus-per-trial {gpus:g}: more than one GPU must be a whole number")
-    if args.cpus_per_trial <= 0:
-        parser.error("--cpus-per-trial must be > 0")
-    max_epochs = args.max_epochs or budget.max_epochs
-    grace = args.grace_epochs or min(budget.grace_epochs, max_epochs)
-    if grace > max_epochs:
-        parser.error(f"--grace-epochs {grace} is more than --max-epochs {max_epochs}")
-    tracking = tracking_uri_or_default(args.tracking_uri, home)
+    return gpus, False
+
+
+def _tracking(text: str | None, home: Path, parser: argparse.ArgumentParser) -> str:
+    tracking = tracking_uri_or_default(text, home)
     if problem := tracking_scheme_problem(tracking):
         parser.error(f"--tracking-uri {redacted(tracking)}: {problem}")
     if relative_store(tracking):
         parser.error(
             f"--tracking-uri {tracking}: a relative path; use an absolute one (sqlite:////abs/mlflow.db)"
         )
-    floor = args.evaluator_floor if args.evaluator_floor is not None else budget.evaluator_floor
-    if not 0 <= floor <= 1:
-        parser.error(f"--evaluator-floor {floor}: expected a number in [0, 1]")
+    return tracking
+
+
+def _for_cluster(args, parser, entry: EntryDefaults, data: str, cluster_gpus: float | None) -> dict[str, Any]:
+    """What depends on the cluster: the budget (smoke with --smoke-test, gpu when the cluster has a GPU, else
+    cpu) with the command line's values in it, and the GPUs per trial; checked. `cluster_gpus` None: not known
+    yet (before Ray starts), so GPU availability is not checked."""
+    budget_name = "smoke" if args.smoke_test else "gpu" if cluster_gpus else "cpu"
+    budget = _budget(args, parser, getattr(entry, budget_name))
+    gpus, auto = _gpus_per_trial(args.gpus_per_trial, cluster_gpus, parser)
+    if problem := size_problem(budget.size, data):
+        parser.error(f"--size {budget.size}: {problem}")
+    if gpus > 1 and gpus != int(gpus):
+        parser.error(f"--gpus-per-trial {gpus:g}: more than one GPU must be a whole number")
+    if budget.grace_epochs > budget.max_epochs:
+        parser.error(f"--grace-epochs {budget.grace_epochs} is more than --max-epochs {budget.max_epochs}")
+    if not 0 <= budget.evaluator_floor <= 1:
+        parser.error(f"--evaluator-floor {budget.evaluator_floor}: expected a number in [0, 1]")
+    fields = {f.name: getattr(budget, f.name) for f in dataclasses.fields(Budget)}
+    return {**fields, "budget_name": budget_name, "gpus_per_trial": gpus, "gpus_auto": auto}
+
+
+def complete(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    entry: EntryDefaults,
+    *,
+    cluster_gpus: float | None = None,
+) -> Options:
+    """Fill what the command line left unset from the right budget and check what argparse cannot; a bad
+    value ends here, in one line (exit 2).
+
+    The driver calls it once, before Ray starts (`cluster_gpus` None: everything but GPU availability is
+    checked), and `for_cluster` once Ray is up."""
+    home = default_home()
+    evaluator = args.evaluator.expanduser().resolve() if args.evaluator else None
+    if evaluator is not None and not evaluator.is_file():
+        parser.error(f"--evaluator {args.evaluator}: no such file")
+    storage = _storage(args.storage, home, parser)
+    data = _data(args.data, parser)
+    if args.cpus_per_trial <= 0:
+        parser.error("--cpus-per-trial must be > 0")
+    tracking = _tracking(args.tracking_uri, home, parser)
+    as_given = ("cpus_per_trial", "max_concurrent", "seed", "promote", "allow_pruned", "smoke_test")
+    as_given += ("objectives", "max_failures", "address")
     return Options(
+        **_for_cluster(args, parser, entry, data, cluster_gpus),
+        **{name: getattr(args, name) for name in as_given},
         entry=entry,
         home=home,
-        space=space,
         data=data,
-        size=args.size or budget.size,
-        scenes=budget.scenes,
         evaluator=evaluator,
-        evaluator_floor=floor,
-        evaluator_fit=dict(budget.evaluator_fit),
-        num_samples=args.num_samples or budget.num_samples,
-        max_epochs=max_epochs,
-        grace_epochs=grace,
-        reduction_factor=args.reduction_factor or budget.reduction_factor,
-        gpus_per_trial=gpus,
-        cpus_per_trial=args.cpus_per_trial,
-        max_concurrent=args.max_concurrent,
         storage=storage,
         tracking_uri=tracking,
         experiment=args.experiment or f"{entry.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        seed=args.seed,
-        promote=args.promote,
-        allow_pruned=args.allow_pruned,
-        smoke_test=args.smoke_test,
-        objectives=args.objectives,
-        max_failures=args.max_failures,
-        presets=budget.presets if args.presets is None else args.presets,
-        address=args.address,
-        budget_name=budget_name,
-        gpus_auto=auto,
         pruned_generator=args.pruned_generator or ("last" if args.allow_pruned else "none"),
     )
+
+
+def for_cluster(opts: Options, args: argparse.Namespace, parser, cluster_gpus: float) -> Options:
+    """The completed options for the Ray cluster the driver joined: its budget and GPU checks (the gpu budget
+    when it has a GPU). Everything else was completed and checked before Ray started."""
+    return dataclasses.replace(opts, **_for_cluster(args, parser, opts.entry, opts.data, cluster_gpus))

@@ -178,7 +178,7 @@ def prepare(opts, log: Callable[[str], None] = print) -> Prepared:
         data,
         explicit=opts.evaluator,
         home=opts.home,
-        fit_overrides=opts.evaluator_fit,
+        fit_overrides=dict(opts.evaluator_fit),
         floor=opts.evaluator_floor,
         spec=spec,
         log=log,

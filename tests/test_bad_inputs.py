@@ -366,7 +366,7 @@ ROWS: list[Row] = [
 # i-CLEVR folders. `_unchanged(*names)` is the "nothing lost" check of a row: the files its setup wrote
 # (an earlier run's checkpoint, an earlier grid) have the same bytes after the refusal.
 
-TRAIN_BASE = ["-m", "trainers.train", "--preset", "dcgan_bce", "--data", "digits"]
+TRAIN_BASE = ["-m", "trainers.train", "--preset", "dcgan_nonsat", "--data", "digits"]
 TRAIN = [*TRAIN_BASE, "--size", "16", "--epochs", "2"]
 
 
@@ -385,7 +385,7 @@ def _trainer_checkpoint(path: Path, *, width: int = 4) -> None:
     from trainers.config import load_preset
     from trainers.step import build_gan
 
-    gan = build_gan(load_preset("dcgan_bce").replace(width=width), image_size=16, n_classes=10, device="cpu")
+    gan = build_gan(load_preset("dcgan_nonsat").replace(width=width), image_size=16, n_classes=10, device="cpu")
     info = {"image_size": 16, "n_classes": 10, "classes": [str(i) for i in range(10)], "fingerprint": "x"}
     state = make_checkpoint(gan, epoch=1, data_generator=torch.Generator(), data_info=info)
     save_checkpoint({**state, "best_acc": 0.0}, path)

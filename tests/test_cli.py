@@ -53,7 +53,7 @@ def test_train_cli_rejects_zero_epochs():
             "-m",
             "trainers.train",
             "--preset",
-            "dcgan_bce",
+            "dcgan_nonsat",
             "--data",
             "digits",
             "--epochs",
@@ -142,7 +142,7 @@ def _mains():
     }
 
 
-TRAIN_ARGS = ["--preset", "dcgan_bce", "--data", "digits", "--epochs", "1"]
+TRAIN_ARGS = ["--preset", "dcgan_nonsat", "--data", "digits", "--epochs", "1"]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from trainers.config import TrainConfig, load_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = ROOT / "spaces"
-CLEVR_PRESETS = ("wgan_gp_instance", "sagan_wgan_gp", "dcgan_bce", "wgan_clip", "acgan_wgan_gp")
+CLEVR_PRESETS = ("wgan_gp_instance", "sagan_wgan_gp", "dcgan_nonsat", "wgan_clip", "acgan_wgan_gp")
 
 
 def run_entry(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

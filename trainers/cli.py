@@ -158,24 +158,37 @@ def folder_problem(folder: Path) -> str | None:
     return None
 
 
+# Every command's exit status, one meaning each (docs/search.md, "Exit codes"; tests/test_bad_inputs.py pins them).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran but cannot end well (a search where no trial can be chosen)
+EXIT_BAD_INPUT = 2  # a bad argument, or a known error naming the file, key or value at fault
+EXIT_DIVERGED = 3  # trainers.train: the recipe diverged (its failure, not the user's)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a SIGINT
+
+
 def run_command(
     body: Callable[[], int | None],
     errors: tuple[type[BaseException], ...],
     *,
+    prog: str | None = None,
     exit_codes: Mapping[type[BaseException], int] | None = None,
-    prefix: str = "error",
     interrupted: str = "interrupted",
 ) -> int:
-    """body()'s exit code (0 for None). A listed error prints `prefix: message` on one line and returns its
-    code from exit_codes (default 2); an OSError names its file; Ctrl-C returns 130."""
+    """The one way every command ends: body()'s exit code (0 for None). A listed error prints
+    `PROG: error: message` on one line (as OneLineParser does for a bad argument) and returns its code from
+    exit_codes (default EXIT_BAD_INPUT); an OSError names its file; Ctrl-C prints `PROG: interrupted` and
+    returns EXIT_INTERRUPTED."""
+    lead = f"{prog}: " if prog else ""
     try:
-        return body() or 0
+        return body() or EXIT_OK
     except errors as err:
-        print(f"{prefix}: {' '.join(str(err).split())}", file=sys.stderr)
-        return next((code for kind, code in (exit_codes or {}).items() if isinstance(err, kind)), 2)
+        print(f"{lead}error: {' '.join(str(err).split())}", file=sys.stderr)
+        return next(
+            (code for kind, code in (exit_codes or {}).items() if isinstance(err, kind)), EXIT_BAD_INPUT
+        )
     except OSError as err:
-        print(f"{prefix}: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
-        return 2
+        print(f"{lead}error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
-        return 130
+        print(f"{lead}{interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
