@@ -258,7 +258,7 @@ def upgrade_legacy(d: Mapping[str, Any]) -> dict[str, Any]:
         return d
     if d.get("d_spectral") is False:
         raise ConfigError("d_norm 'spectral' with d_spectral false: the old spelling means d_spectral true")
-    arch = ARCHITECTURES.get(d.get("arch"))  # type: ignore[arg-type]  # an unknown arch fails in validate()
+    arch = _arch(d)
     d.update(d_norm="none", d_spectral=True)
     if "g_spectral" not in d and arch is not None and arch.spectral:
         d["g_spectral"] = True
@@ -269,11 +269,17 @@ def legacy_spelling(d: Mapping[str, Any]) -> dict[str, tuple[Any, tuple[str, ...
     """The old spelling of a config dict's values, where it has one: {key: (old value, the other keys that
     value also sets)}. A search space that samples `d_norm` from a list holding `spectral` and does not name
     `d_spectral` reproduces this config only through the old value (`spaces.Space.fit` asks)."""
-    arch = ARCHITECTURES.get(d.get("arch"))  # type: ignore[arg-type]
+    arch = _arch(d)
     implied_g = bool(arch is not None and arch.spectral)
     if d.get("d_norm") == "none" and d.get("d_spectral") is True and bool(d.get("g_spectral")) == implied_g:
         return {"d_norm": ("spectral", ("d_spectral", "g_spectral"))}
     return {}
+
+
+def _arch(d: Mapping[str, Any]):
+    """The dict's architecture entry, or None where `arch` is missing or unknown (validate() says so)."""
+    name = d.get("arch")
+    return ARCHITECTURES.get(name) if isinstance(name, str) else None
 
 
 def preset_names() -> list[str]:
