@@ -184,7 +184,8 @@ def promote(
     `objectives` ("acc", "fid") chooses from the Pareto front; else the best `metric`."""
     import mlflow
 
-    from search.pyfunc import GENERATOR_FILE, GeneratorModel, build, example_input, write_generator
+    from search.pyfunc import GENERATOR_FILE, GeneratorModel, example_input
+    from trainers.checkpoint import load_generator, save_generator
 
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -202,14 +203,13 @@ def promote(
         folder = Path(client.download_artifacts(run.info.run_id, "checkpoint", tmp))
         checkpoint = next(p for p in sorted(folder.iterdir()) if p.suffix in (".pt", ".pth"))
         slim_path = Path(tmp) / GENERATOR_FILE
-        slim = write_generator(checkpoint, slim_path)
-        generator, config, info = build(slim)
+        slim = save_generator(checkpoint, slim_path)
+        generator, config, info = load_generator(slim_path)
         classes = list(info.get("classes") or [str(i) for i in range(int(info["n_classes"]))])
         example = example_input(classes)
         signature = None
         if config.g_cond != "none":
-            model = GeneratorModel()
-            model.generator, model.config, model.classes = generator, config, classes
+            model = GeneratorModel().use(generator, config, info)
             signature = mlflow.models.infer_signature(
                 example, model.predict(None, example), params={"seed": 0}
             )

@@ -6,37 +6,20 @@
 
 The model holds plain data only: the trial's generator file (trainers.checkpoint.generator_state: the
 TrainConfig dict, the data info (image size, class names) and the generator's state_dict, EMA weights when
-the trial kept an EMA). `load_context` rebuilds the network
-from the config with the trainers' own factory, so nothing is a pickled closure and the weights load with
-`torch.load(weights_only=True)`. Loading needs this package installed (`pip install -e .`).
+the trial kept an EMA). `load_context` reads it with the trainers' own loader (trainers.checkpoint.load_generator),
+so nothing is a pickled closure and the weights load with `torch.load(weights_only=True)`. Loading needs this package installed (`pip install -e .`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-GENERATOR_FILE = "generator.pt"
-
-
-def write_generator(checkpoint: Path, out: Path) -> dict[str, Any]:
-    """The generator file (trainers.checkpoint.generator_state) of a trainer checkpoint or of a trial's
-    generator file, written to `out`; returns the contents."""
-    from trainers.checkpoint import save_generator
-
-    return save_generator(checkpoint, out)
-
-
-def build(slim: dict[str, Any], device: str = "cpu"):
-    """(generator in eval mode, TrainConfig, data info) from the slim dict."""
-    from trainers.checkpoint import build_from_generator
-
-    return build_from_generator(slim, device=device)
+GENERATOR_FILE = "generator.pt"  # the artifact a registered model holds: trainers.checkpoint.generator_state
 
 
 def multi_hot(label_sets: Sequence[Sequence[str]], classes: Sequence[str]) -> np.ndarray:
@@ -57,16 +40,21 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: predict(DataFrame with a 'labels' column of label-name lists) -> uint8 (B, H, W, 3)."""
 
     def load_context(self, context) -> None:
-        import torch
+        from trainers.checkpoint import load_generator
 
-        slim = torch.load(context.artifacts["generator"], map_location="cpu", weights_only=True)
-        self.generator, self.config, self.info = build(slim)
-        self.classes = list(self.info.get("classes") or [str(i) for i in range(int(self.info["n_classes"]))])
-        if self.config.g_cond == "none":
+        self.use(*load_generator(context.artifacts["generator"]))
+
+    def use(self, generator, config, info: dict[str, Any]) -> GeneratorModel:
+        """Serve `generator` (from trainers.checkpoint.load_generator): what load_context does with the
+        model's artifact, and how promotion predicts the signature's example before anything is saved."""
+        self.generator, self.config, self.info = generator, config, info
+        self.classes = list(info.get("classes") or [str(i) for i in range(int(info["n_classes"]))])
+        if config.g_cond == "none":
             raise ValueError(
-                f"this generator is not conditioned on labels (g_cond none, arch {self.config.arch}): "
+                f"this generator is not conditioned on labels (g_cond none, arch {config.arch}): "
                 "it cannot map label sets to images"
             )
+        return self
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
         """model_input: a DataFrame (or dict) with a "labels" column of label-name lists; params: {"seed"}."""
@@ -86,6 +74,3 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
 def example_input(classes: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({"labels": [[classes[0]], list(classes[: min(3, len(classes))])]})
-
-
-PIP_REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pyyaml", "mlflow")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import atexit
 import functools
-import io
 import json
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,19 +42,6 @@ class TrialSetup:
     use_gpu: bool
 
 
-def load_evaluator(setup: TrialSetup, device: torch.device):
-    """The judge rebuilt from bytes (no shared filesystem needed)."""
-    from trainers.evaluator import Evaluator, ResNet18
-
-    state = torch.load(io.BytesIO(setup.evaluator), map_location="cpu", weights_only=True)["model"]
-    width, n_classes = int(state["conv1.weight"].shape[0]), int(state["fc.0.weight"].shape[0])
-    net = ResNet18(n_classes=n_classes, width=width)
-    net.load_state_dict(state)
-    return Evaluator(
-        net, classes=setup.evaluator_meta.get("classes"), meta=setup.evaluator_meta, device=device
-    )
-
-
 def _restore(scratch: Path) -> tuple[Path | None, dict[str, Any]]:
     """The latest Tune checkpoint of this trial (after a worker failure or a driver restart), copied out:
     the trainer checkpoint to resume from, the best generator so far (into scratch/generator.pt), and the
@@ -75,9 +63,7 @@ def _restore(scratch: Path) -> tuple[Path | None, dict[str, Any]]:
 def scratch_dir(experiment: str, trial_id: str) -> Path:
     """Where a trial's trainer writes, on the node the trial runs on: outside the trial directory, because
     Tune copies that directory to storage with every experiment snapshot (scratch checkpoints would be
-    copied too). The trial removes it in a `finally` however it ends: done, diverged, failed, or stopped by
-    ASHA (Tune stops a function trial by raising SystemExit in its `tune.report` call), and at the worker's
-    exit (atexit), which a stop can reach before that `finally` has finished."""
+    copied too). Its life: `scratch_folder`."""
     return Path(tempfile.gettempdir()) / "cgan-search-trials" / f"{experiment}-{trial_id}"
 
 
@@ -99,12 +85,77 @@ def trial_device(use_gpu: bool) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@contextmanager
+def scratch_folder(experiment: str, trial_id: str) -> Iterator[Path]:
+    """The trial's scratch folder (`scratch_dir`), owned by the trial alone: emptied first (a retried trial
+    starts from its Tune checkpoint, not from files an earlier attempt left) and removed however the trial
+    ends: done, diverged, failed, or stopped by ASHA, which Tune does by raising SystemExit inside the
+    trial's `tune.report`, so the `finally` below runs. That stop can also reach the worker's exit while
+    the `finally` is still deleting (seen with width-128 trials): Ray runs an actor's atexit handlers, so
+    the removal is registered there too."""
+    scratch = scratch_dir(experiment, trial_id)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    remove = functools.partial(shutil.rmtree, scratch, ignore_errors=True)
+    atexit.register(remove)
+    try:
+        yield scratch
+    finally:
+        remove()  # on whatever node the trial ran, however it ended: nothing stays in /tmp
+        atexit.unregister(remove)  # a reused actor runs the next trial: no stale handler
+
+
+def _report(ev, *, scratch: Path, last: dict[str, Any]) -> None:
+    """One evaluation -> one Tune result with a checkpoint: the latest trainer checkpoint (for a retry), the
+    best evaluation's generator so far (no D, no optimizer state) and the sample grids. `last` carries the
+    epoch and the best evaluation from one report to the next.
+
+    Tune keeps only the latest such folder (CheckpointConfig), so a running trial holds one full checkpoint
+    and one generator; the driver drops the full one when the trial ends (search/tracking.py). The trainer's
+    own checkpoint files are unlinked once linked into the folder.
+    """
+    from ray import tune
+
+    from trainers.checkpoint import save_generator
+
+    metrics = {**ev.metrics, "epoch": ev.epoch, "step": ev.step, "diverged": 0}
+    generator = scratch / GENERATOR_NAME
+    if (scratch / "best.pt").is_file():  # train() writes best.pt exactly when acc improved
+        save_generator(scratch / "best.pt", generator)
+        last.update(best_epoch=ev.epoch, best_acc=metrics.get("acc"))
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="report-") as tmp:
+        folder = Path(tmp)
+        _link_or_copy(Path(ev.checkpoint), folder / CHECKPOINT_NAME)
+        if generator.is_file():
+            _link_or_copy(generator, folder / GENERATOR_NAME)
+        (folder / REPORT_NAME).write_text(json.dumps({**last, "epoch": ev.epoch, "step": ev.step}))
+        (folder / GRIDS_DIR).mkdir()
+        for name, grid in ev.grids.items():
+            _link_or_copy(Path(grid), folder / GRIDS_DIR / f"{name}.png")
+        for stale in ("last.pt", "best.pt", "resume.pt"):  # Tune's copies replace them
+            (scratch / stale).unlink(missing_ok=True)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+    last["epoch"] = ev.epoch
+
+
+def _report_diverged(setup: TrialSetup, last: dict[str, Any], step: int) -> None:
+    """A finished recipe that failed to converge (not a crash): acc 0, the search goes on. It reports every
+    key an evaluation does (Ray checks each result for the searcher's metrics): the worst accuracy, FID and
+    diversity, and no spread."""
+    from ray import tune
+
+    from trainers.evaluator.protocol import metric_keys
+
+    failed = {key: 0.0 for key in metric_keys(setup.conditions)} | {"fid": float("inf")}
+    tune.report({**failed, "epoch": last["epoch"] + 1, "step": step, "diverged": 1})
+
+
 def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
     """Tune function trainable. `config` is a full TrainConfig dict; `data` an ImageSet."""
     from ray import tune
 
-    from trainers.checkpoint import save_generator
     from trainers.config import TrainConfig
+    from trainers.evaluator import Evaluator
     from trainers.train import Diverged, train
 
     torch.set_num_threads(max(1, int(setup.cpus)))
@@ -112,68 +163,27 @@ def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     device = trial_device(setup.use_gpu)  # before anything in this process asks torch about CUDA
     context = tune.get_context()
-    scratch = scratch_dir(context.get_experiment_name(), context.get_trial_id())
-    shutil.rmtree(scratch, ignore_errors=True)  # a retried trial starts from its Tune checkpoint
-
-    def report(ev) -> None:
-        """One evaluation -> one Tune result with a checkpoint: the latest trainer checkpoint (for a retry),
-        the best evaluation's generator so far (no D, no optimizer state) and the sample grids.
-
-        Tune keeps only the latest such folder (CheckpointConfig), so a running trial holds one full
-        checkpoint and one generator; the driver drops the full one when the trial ends
-        (search/tracking.py). The trainer's own checkpoint files are unlinked once linked into the folder.
-        """
-        metrics = {**ev.metrics, "epoch": ev.epoch, "step": ev.step, "diverged": 0}
-        generator = scratch / GENERATOR_NAME
-        if (scratch / "best.pt").is_file():  # train() writes best.pt exactly when acc improved
-            save_generator(scratch / "best.pt", generator)
-            last.update(best_epoch=ev.epoch, best_acc=metrics.get("acc"))
-        with tempfile.TemporaryDirectory(dir=scratch, prefix="report-") as tmp:
-            folder = Path(tmp)
-            _link_or_copy(Path(ev.checkpoint), folder / CHECKPOINT_NAME)
-            if generator.is_file():
-                _link_or_copy(generator, folder / GENERATOR_NAME)
-            (folder / REPORT_NAME).write_text(json.dumps({**last, "epoch": ev.epoch, "step": ev.step}))
-            (folder / GRIDS_DIR).mkdir()
-            for name, grid in ev.grids.items():
-                _link_or_copy(Path(grid), folder / GRIDS_DIR / f"{name}.png")
-            for stale in ("last.pt", "best.pt", "resume.pt"):  # Tune's copies replace them
-                (scratch / stale).unlink(missing_ok=True)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        last["epoch"] = ev.epoch
-
-    scratch.mkdir(parents=True)
-    # ASHA's stop ends this thread with SystemExit while Ray already ends the actor: the `finally` below can
-    # be cut short (seen with width-128 trials). Ray runs an actor's atexit handlers, in its main thread.
-    remove_scratch = functools.partial(shutil.rmtree, scratch, ignore_errors=True)
-    atexit.register(remove_scratch)
-    try:
-        evaluator = load_evaluator(setup, device)
+    with scratch_folder(context.get_experiment_name(), context.get_trial_id()) as scratch:
+        # the judge from its bytes (no shared filesystem needed), with every check of Evaluator.load
+        evaluator = Evaluator.from_bytes(
+            setup.evaluator, meta=setup.evaluator_meta, name="the search's judge", device=device
+        )
         resume, restored = _restore(scratch)
         last = {k: restored[k] for k in ("epoch", "best_epoch", "best_acc") if k in restored}
-        train(
-            TrainConfig.from_dict(config),
-            data,
-            epochs=setup.max_epochs,
-            out_dir=scratch,
-            evaluator=evaluator,
-            conditions=setup.conditions,
-            resume=resume,
-            callback=report,
-            eval_every=1,
-            device=device,
-            seed=setup.seed,
-            progress=False,
-        )
-    except Diverged as err:
-        # A finished recipe that failed to converge (not a crash): acc 0, the search goes on. It reports
-        # every key an evaluation does (Ray checks each result for the searcher's metrics): the worst
-        # accuracy, FID and diversity, and no spread.
-        from trainers.evaluator.protocol import metric_keys
-
-        failed = {key: 0.0 for key in metric_keys(setup.conditions)} | {"fid": float("inf")}
-        tune.report({**failed, "epoch": last["epoch"] + 1, "step": err.step, "diverged": 1})
-    finally:
-        # On whatever node the trial ran, however it ended (ASHA's stop included): nothing stays in /tmp.
-        remove_scratch()
-        atexit.unregister(remove_scratch)  # a reused actor runs the next trial: no stale handler
+        try:
+            train(
+                TrainConfig.from_dict(config),
+                data,
+                epochs=setup.max_epochs,
+                out_dir=scratch,
+                evaluator=evaluator,
+                conditions=setup.conditions,
+                resume=resume,
+                callback=functools.partial(_report, scratch=scratch, last=last),
+                eval_every=1,
+                device=device,
+                seed=setup.seed,
+                progress=False,
+            )
+        except Diverged as err:
+            _report_diverged(setup, last, err.step)

@@ -474,8 +474,8 @@ def _generator_model(tmp: Path) -> None:
         import mlflow
         import torch
 
-        from search.pyfunc import GeneratorModel, build, example_input, write_generator
-        from trainers.checkpoint import make_checkpoint, save_checkpoint
+        from search.pyfunc import GeneratorModel, example_input
+        from trainers.checkpoint import load_generator, make_checkpoint, save_checkpoint, save_generator
         from trainers.config import TrainConfig
         from trainers.data.labels import load_vocab, spec_file
         from trainers.step import build_gan
@@ -489,10 +489,8 @@ def _generator_model(tmp: Path) -> None:
         gan = build_gan(config, image_size=8, n_classes=len(classes), device="cpu")
         info = {"image_size": 8, "n_classes": len(classes), "classes": classes, "fingerprint": "x"}
         state = make_checkpoint(gan, epoch=1, data_generator=torch.Generator(), data_info=info)
-        slim = write_generator(save_checkpoint(state, folder / "last.pt"), folder / "generator.pt")
-        model = GeneratorModel()
-        model.generator, model.config, _ = build(slim)
-        model.classes = classes
+        save_generator(save_checkpoint(state, folder / "last.pt"), folder / "generator.pt")
+        model = GeneratorModel().use(*load_generator(folder / "generator.pt"))
         example = example_input(classes)
         signature = mlflow.models.infer_signature(example, model.predict(None, example), params={"seed": 0})
         mlflow.pyfunc.save_model(

@@ -88,7 +88,7 @@ def test_run_trial_chooses_its_device_through_trial_device():
 
     source = inspect.getsource(search.trial.run_trial)
     assert "trial_device(setup.use_gpu)" in source
-    assert source.index("trial_device(") < source.index("load_evaluator(")
+    assert source.index("trial_device(") < source.index("Evaluator.from_bytes(")
 
 
 # --- checkpoints resume across devices --------------------------------------------------------------------
