@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
 
     def body() -> None:
         label_sets = read_label_sets(args.labels)
@@ -209,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(
         body,
         (GenerateError,),
-        prefix="python -m search.generate: error",
-        interrupted="python -m search.generate: interrupted (no file half-written)",
+        prog=parser.prog,
+        interrupted="interrupted (no file half-written)",
     )
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from search.options import HelpFormatter, OneLineParser, default_home, tracking_uri_or_default
 from search.tracking import PARENT_TAG, ROLE_TAG, STATE_TAG, TRIAL_TAG
+from trainers.cli import run_command
 
 LOWER_IS_BETTER = ("fid",)
 FID_SLACK = 0.25  # a front trial may have up to 25% more FID than the front's best to win on acc
@@ -184,9 +185,6 @@ def promote(
     `objectives` ("acc", "fid") chooses from the Pareto front; else the best `metric`."""
     import mlflow
 
-    from search.pyfunc import GENERATOR_FILE, GeneratorModel, example_input
-    from trainers.checkpoint import load_generator, save_generator
-
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise PromoteError(f"no MLflow experiment named {experiment!r} in {client.tracking_uri}")
@@ -199,8 +197,30 @@ def promote(
         raise PromoteError(f"experiment {experiment!r}: {err}") from None
     parent = client.get_run(run.data.tags[PARENT_TAG])
     name = model_name or parent.data.tags.get("search.model_name") or f"{experiment}-cgan"
+    model_uri, slim, info = _log_generator_model(client, run.info.run_id)
+    version = mlflow.register_model(model_uri, name)
+    client.set_registered_model_alias(name, alias, version.version)
+    tags = _version_tags(run, parent, slim=slim, info=info, experiment=experiment, rule=rule)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version.version, key, value)
+    shown = ", ".join(f"{m} {run.data.metrics[m]:.4f}" for m in objectives)
+    log(
+        f"registered {name} version {version.version} (alias {alias}) from trial {tags['trial_id']}: "
+        f"{shown} ({rule})"
+    )
+    return version
+
+
+def _log_generator_model(client, run_id: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Log the trial's kept generator (its `checkpoint/` artifact) as a pyfunc model on its own run, with a
+    signature when it is conditioned on labels; (model URI, generator file contents, data info)."""
+    import mlflow
+
+    from search.pyfunc import GENERATOR_FILE, GeneratorModel, example_input
+    from trainers.checkpoint import load_generator, save_generator
+
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(client.download_artifacts(run.info.run_id, "checkpoint", tmp))
+        folder = Path(client.download_artifacts(run_id, "checkpoint", tmp))
         checkpoint = next(p for p in sorted(folder.iterdir()) if p.suffix in (".pt", ".pth"))
         slim_path = Path(tmp) / GENERATOR_FILE
         slim = save_generator(checkpoint, slim_path)
@@ -214,7 +234,7 @@ def promote(
                 example, model.predict(None, example), params={"seed": 0}
             )
         mlflow.set_tracking_uri(client.tracking_uri)
-        with mlflow.start_run(run_id=run.info.run_id):
+        with mlflow.start_run(run_id=run_id):
             info_logged = mlflow.pyfunc.log_model(
                 name="generator",
                 python_model=GeneratorModel(),
@@ -222,9 +242,12 @@ def promote(
                 signature=signature,
                 pip_requirements=_requirements(),
             )
-    version = mlflow.register_model(info_logged.model_uri, name)
-    client.set_registered_model_alias(name, alias, version.version)
-    tags = {
+    return info_logged.model_uri, slim, info
+
+
+def _version_tags(run, parent, *, slim, info, experiment: str, rule: str) -> dict[str, str]:
+    """What a registered version records: the recipe, where it came from and how it was chosen, its metrics."""
+    return {
         "config": json.dumps(slim["config"], sort_keys=True),
         "ema": str(slim["ema"]).lower(),
         "trial_run_id": run.info.run_id,
@@ -242,14 +265,6 @@ def promote(
             if k.startswith(("acc", "fid", "diversity", "epoch"))
         },
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version.version, key, value)
-    shown = ", ".join(f"{m} {run.data.metrics[m]:.4f}" for m in objectives)
-    log(
-        f"registered {name} version {version.version} (alias {alias}) from trial {tags['trial_id']}: "
-        f"{shown} ({rule})"
-    )
-    return version
 
 
 def _objectives(text: str) -> tuple[str, ...]:
@@ -356,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             "tracked there; --tracking-uri names another)"
         )
     client = MlflowClient(uri)
-    try:
+
+    def body() -> None:
         version = promote(
             client,
             args.experiment,
@@ -367,11 +383,9 @@ def main(argv: list[str] | None = None) -> int:
             alias=args.alias,
             model_name=args.model_name,
         )
-    except PromoteError as err:
-        print(f"python -m search.promote: error: {err}", file=sys.stderr)
-        return 2
-    print(f"models:/{version.name}@{args.alias}")
-    return 0
+        print(f"models:/{version.name}@{args.alias}")
+
+    return run_command(body, (PromoteError,), prog=parser.prog)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,17 @@ def pareto_trials(study, trial_numbers: Mapping[str, int], rows: Sequence[Mappin
     return {r["trial_id"] for r in pareto_front(complete, objectives)}
 
 
+_ARCH_MARKERS = dict(zip(("dcgan", "infogan", "sagan", "resnet"), "o^sD", strict=True))
+_PARETO_KINDS = {  # what pareto_plot draws: kind -> (which rows, scatter style)
+    "Pareto front": (lambda r: r.get("pareto"), {"color": "tab:red"}),
+    "finished": (lambda r: not r.get("pareto") and r["state"] == "COMPLETE", {"color": "tab:blue"}),
+    "pruned (last evaluation)": (
+        lambda r: r["state"] == "PRUNED",
+        {"facecolors": "none", "edgecolors": "tab:gray"},
+    ),
+}
+
+
 def pareto_plot(
     rows: Sequence[Mapping[str, Any]], path: Path, *, chosen: Mapping[str, Any] | None
 ) -> Path | None:
@@ -176,25 +187,14 @@ def pareto_plot(
     points = [r for r in rows if math.isfinite(r["acc"]) and math.isfinite(r["fid"])]
     if not points:
         return None
-    markers = dict(zip(("dcgan", "infogan", "sagan", "resnet"), "o^sD", strict=True))
-    kinds = {
-        "Pareto front": lambda r: r.get("pareto"),
-        "finished": lambda r: not r.get("pareto") and r["state"] == "COMPLETE",
-        "pruned (last evaluation)": lambda r: r["state"] == "PRUNED",
-    }
-    style = {
-        "Pareto front": {"color": "tab:red"},
-        "finished": {"color": "tab:blue"},
-        "pruned (last evaluation)": {"facecolors": "none", "edgecolors": "tab:gray"},
-    }
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for kind, member in kinds.items():
+    for kind, (member, style) in _PARETO_KINDS.items():
         for arch in sorted({r["_config"].get("arch", "?") for r in points}):
             group = [r for r in points if member(r) and r["_config"].get("arch", "?") == arch]
             if group:
                 ax.scatter(
                     [r["fid"] for r in group], [r["acc"] for r in group], s=45,
-                    marker=markers.get(arch, "x"), label=f"{kind}, {arch}", **style[kind],
+                    marker=_ARCH_MARKERS.get(arch, "x"), label=f"{kind}, {arch}", **style,
                 )  # fmt: skip
     front = sorted((r for r in points if r.get("pareto")), key=lambda r: r["fid"])
     if front:
@@ -261,10 +261,34 @@ def summarize(
     print(format_table(rows), flush=True)
     candidates = eligible(rows, allow_pruned=allow_pruned, max_epochs=max_epochs)
     best, rule = choose(candidates, objectives=objectives, fid_slack=fid_slack)
+    _log_files(client, parent_run_id, rows, study=study, best=best, objectives=objectives, log=log)
+    metrics = _parent_metrics(counts, rows, best=best, ceiling=ceiling, multi=multi)
+    if best is not None:
+        client.set_tag(parent_run_id, "search.best_trial_id", best["trial_id"])
+        client.set_tag(parent_run_id, "search.best_rule", rule)
+    for key, value in metrics.items():
+        if not math.isnan(value):
+            client.log_metric(parent_run_id, key, value)
+    _say_best(
+        best,
+        rule,
+        rows,
+        ceiling=ceiling,
+        ceiling_source=ceiling_source,
+        multi=multi,
+        max_epochs=max_epochs,
+        allow_pruned=allow_pruned,
+        log=log,
+    )
+    return Summary(rows=rows, best=best, counts=counts)
+
+
+def _log_files(client, parent_run_id: str, rows, *, study, best, objectives, log) -> None:
+    """leaderboard.csv, pareto.png (several objectives), and the study with its plots, on the parent run."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         client.log_artifact(parent_run_id, str(write_csv(rows, folder / "leaderboard.csv")))
-        if multi and pareto_plot(rows, folder / "pareto.png", chosen=best) is not None:
+        if len(objectives) > 1 and pareto_plot(rows, folder / "pareto.png", chosen=best) is not None:
             client.log_artifact(parent_run_id, str(folder / "pareto.png"))
         if study is not None:
             (folder / "optuna").mkdir()
@@ -272,6 +296,10 @@ def summarize(
                 pickle.dump(study, f)
             optuna_plots(study, folder / "optuna", objectives=objectives, log=log)
             client.log_artifacts(parent_run_id, str(folder / "optuna"), artifact_path="optuna")
+
+
+def _parent_metrics(counts, rows, *, best, ceiling, multi: bool) -> dict[str, float]:
+    """Trial counts, the best trial's accuracies (and FID), the ceiling: the parent run's metrics."""
     metrics = {f"n_{k.lower()}": float(v) for k, v in counts.items()}
     if multi:
         metrics["n_pareto"] = float(sum(r["pareto"] for r in rows))
@@ -283,12 +311,12 @@ def summarize(
                 if (k.startswith("acc") or k == "fid") and isinstance(v, float)
             }
         )
-        client.set_tag(parent_run_id, "search.best_trial_id", best["trial_id"])
-        client.set_tag(parent_run_id, "search.best_rule", rule)
     metrics.update({f"ceiling_{k}": float(v) for k, v in ceiling.items()})
-    for key, value in metrics.items():
-        if not math.isnan(value):
-            client.log_metric(parent_run_id, key, value)
+    return metrics
+
+
+def _say_best(best, rule, rows, *, ceiling, ceiling_source, multi, max_epochs, allow_pruned, log) -> None:
+    """The best trial (promotion's rule) against the ceiling, or why there is none."""
     if best is not None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("acc") and k != "acc_std")
         shown += f", fid {best['fid']:.4g}" if multi else ""
@@ -303,4 +331,3 @@ def summarize(
         )
     else:
         log("no trial produced a result")
-    return Summary(rows=rows, best=best, counts=counts)

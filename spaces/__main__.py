@@ -11,7 +11,7 @@ import yaml
 
 from spaces.check import check_file
 from spaces.space import SpaceError, load_space
-from trainers.cli import OneLineParser, positive_int
+from trainers.cli import OneLineParser, positive_int, run_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("file", metavar="FILE")
     sample.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         if args.command == "check":
             for path in args.files:
                 print(check_file(path, samples=args.samples, seed=args.seed), flush=True)
         else:
             print(yaml.safe_dump(load_space(args.file).sample(args.seed), sort_keys=False), end="")
-    except SpaceError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body, (SpaceError,), prog=parser.prog)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from trainers.checkpoint import (
     save_checkpoint,
 )
 from trainers.cli import (
+    EXIT_DIVERGED,
     OneLineParser,
     output_folder,
     positive_int,
@@ -406,7 +407,8 @@ def _check_out(out: Path, resume: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from trainers.data import DataError, conditions_for, load_dataset
     from trainers.evaluator import Evaluator, EvaluatorError
 
@@ -448,7 +450,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # A diverged run is the recipe's failure, not the user's: its own exit code (3).
     return run_command(
-        body, (ConfigError, CheckpointError, DataError, EvaluatorError, Diverged), exit_codes={Diverged: 3}
+        body,
+        (ConfigError, CheckpointError, DataError, EvaluatorError, Diverged),
+        prog=parser.prog,
+        exit_codes={Diverged: EXIT_DIVERGED},
     )
 
 

@@ -149,8 +149,9 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: print(run(args)), (DataError,))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_command(lambda: print(run(args)), (DataError,), prog=parser.prog)
 
 
 if __name__ == "__main__":

@@ -228,11 +228,12 @@ COMMANDS = {"fit": run_fit, "score": run_score, "calibrate": run_calibrate}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from trainers.data import DataError
 
     command = COMMANDS[args.command]
-    return run_command(lambda: print(command(args)), (EvaluatorError, DataError))
+    return run_command(lambda: print(command(args)), (EvaluatorError, DataError), prog=parser.prog)
 
 
 if __name__ == "__main__":
