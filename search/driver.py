@@ -162,56 +162,18 @@ class CheckedSpace:
         return config
 
 
-class _PresetProbe:
-    """A stand-in for optuna.Trial that answers every suggestion with the preset's value and notes the values
-    Optuna would refuse or call out of range: the space's own define-by-run code decides what is sampled."""
-
-    def __init__(self, preset: dict[str, Any]):
-        self.preset, self.misfits = preset, []
-
-    def _take(self, name: str, ok: bool, domain: str) -> Any:
-        if not ok:
-            self.misfits.append(f"{name}={self.preset.get(name)!r} not in {domain}")
-        return self.preset.get(name)
-
-    def suggest_categorical(self, name: str, choices) -> Any:
-        from optuna.distributions import CategoricalDistribution
-
-        try:
-            CategoricalDistribution(list(choices)).to_internal_repr(self.preset.get(name))
-            ok = True
-        except ValueError:
-            ok = False
-        return self._take(name, ok, f"{list(choices)}")
-
-    def suggest_float(self, name: str, low: float, high: float, *, step=None, log: bool = False) -> Any:
-        value = self.preset.get(name)
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
-        return self._take(name, ok, f"[{low:g}, {high:g}]")
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> Any:
-        value = self.preset.get(name)
-        ok = (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and low <= value <= high
-            and (value - low) % step == 0
-        )
-        return self._take(name, ok, f"[{low}, {high}]")
-
-
 def fitting_presets(space, names: tuple[str, ...]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """The presets every sampled value of which the space can take (so Optuna records them truly), and a
-    note per preset skipped. A preset runs as written: where the space has a constant, the preset wins."""
+    """The presets every sampled value of which the space can take (`Space.fit`: so Optuna records them
+    truly), and a note per preset skipped. A preset runs as written: where the space has a constant, the
+    preset wins."""
     from trainers.config import load_preset
 
     fitting, notes = {}, []
     for name in names:
         config = load_preset(name).to_dict()
-        probe = _PresetProbe(config)
-        space.define_by_run(probe)
-        if probe.misfits:
-            notes.append(f"preset {name} skipped: the space cannot express {'; '.join(probe.misfits[:3])}")
+        misfits = space.fit(config).misfits
+        if misfits:
+            notes.append(f"preset {name} skipped: the space cannot express it: {'; '.join(misfits[:3])}")
         else:
             fitting[name] = config
     return fitting, notes

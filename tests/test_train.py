@@ -224,7 +224,7 @@ def test_nothing_reads_config_with_a_default():
 def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0] and err[0].startswith("error: ")
+    assert len(err) == 1 and message in err[0] and err[0].startswith("python -m trainers.train: error: ")
 
 
 def test_cli_trains_a_preset_on_digits(tmp_path, capsys):
