@@ -19,7 +19,8 @@ from trainers.data.__main__ import main as data_main
 from trainers.data.blender import BlenderError, find_assets, object_pixels, read_mask, render_scenes
 from trainers.data.iclevr import read_iclevr
 from trainers.data.raycast import object_id_buffer
-from trainers.data.scene import load_scene
+from trainers.data.render import training_scene
+from trainers.data.scene import load_scene, to_json
 
 # Agreed with the fast renderer's owner (issue 13 item 7): at 320x240 the pixel centre of every visible object
 # within 1 px, and its visible pixel count within 15% (Blender's cube and cylinder have rounded edges; the
@@ -77,6 +78,16 @@ def test_blender_writes_the_course_layout(blender_set):
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
 
 
+def assert_same_pixels(fast, blender, where: str) -> None:
+    """Each object's visible pixel count and pixel centre agree between the engines (the tolerances above)."""
+    for j, ((n_fast, c_fast), (n_blender, c_blender)) in enumerate(zip(fast, blender, strict=True)):
+        at = f"{where} object {j}"
+        assert n_fast > 0 and n_blender > 0, at
+        assert abs(n_fast - n_blender) <= COUNT_TOLERANCE * n_blender, (at, n_fast, n_blender)
+        error = float(np.hypot(c_fast[0] - c_blender[0], c_fast[1] - c_blender[1]))
+        assert error <= CENTRE_TOLERANCE_PX, (at, c_fast, c_blender)
+
+
 @pytest.mark.slow
 @needs_blender
 def test_both_engines_place_objects_at_the_same_pixels(blender_set):
@@ -87,12 +98,21 @@ def test_both_engines_place_objects_at_the_same_pixels(blender_set):
             prefix = scene.prefix(k + 1)
             fast = object_pixels(object_id_buffer(prefix, size=(320, 240)), k + 1)
             blender = object_pixels(read_mask(out / "masks" / f"CLEVR_train_{i:06d}_{k}.png"), k + 1)
-            for j, ((n_fast, c_fast), (n_blender, c_blender)) in enumerate(zip(fast, blender, strict=True)):
-                where = f"scene {i} image _{k} object {j} ({scene.objects[j].label})"
-                assert n_fast > 0 and n_blender > 0, where
-                assert abs(n_fast - n_blender) <= COUNT_TOLERANCE * n_blender, (where, n_fast, n_blender)
-                error = float(np.hypot(c_fast[0] - c_blender[0], c_fast[1] - c_blender[1]))
-                assert error <= CENTRE_TOLERANCE_PX, (where, c_fast, c_blender)
+            assert_same_pixels(fast, blender, f"scene {i} image _{k}")
+
+
+@needs_blender
+def test_square_frames_show_the_same_squashed_view(tmp_path):
+    """At a size that is not 4:3 both engines show the base scene's 4:3 view squashed (as the loaders squash
+    320x240 frames), not a wider or taller field of view: at 160x160 a square field of view would move the
+    objects' rows by several pixels and change their counts by a quarter."""
+    scenes = [training_scene(0, i) for i in range(2)]
+    files = render_scenes(
+        [to_json(s) for s in scenes], tmp_path / "img", masks=tmp_path / "mask", size=(160, 160), samples=1
+    )
+    for i, (scene, f) in enumerate(zip(scenes, files, strict=True)):
+        fast = object_pixels(object_id_buffer(scene, size=(160, 160)), 3)
+        assert_same_pixels(fast, object_pixels(read_mask(f.masks[2]), 3), f"scene {i} at 160x160")
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ LAMPS = ("Lamp_Key", "Lamp_Back", "Lamp_Fill")
 BOUNCES = 8
 BLUR_GLOSSY = 2.0
 CYCLES_SEED_RANGE = 2**31  # Cycles' seed property is a C int
+FRAME_ASPECT = 320 / 240  # the base scene's frame
 
 
 def say(event, job):
@@ -109,6 +110,11 @@ def setup(manifest):
     render.engine = "CYCLES"
     render.resolution_x, render.resolution_y = width, height
     render.resolution_percentage = 100  # the files store 50%
+    # Every size shows the base scene's 4:3 view, squashed to the asked pixels as the fast engine does (and as
+    # the loaders squash 320x240 frames): Blender frames pixels * pixel aspect, and wants both aspects >= 1.
+    aspect = width / height
+    render.pixel_aspect_x = max(1.0, FRAME_ASPECT / aspect)
+    render.pixel_aspect_y = max(1.0, aspect / FRAME_ASPECT)
     render.image_settings.file_format = "PNG"
     render.image_settings.color_mode = "RGBA"  # the course's frames are opaque RGBA PNGs
     render.image_settings.color_depth = "8"
