@@ -156,6 +156,22 @@ def centre_errors(scene_files: list[Path], blender: Path) -> dict:
     }
 
 
+def paired_gap_ci(fast: dict, blender: dict, *, draws: int = 2000) -> list[float]:
+    """95% bootstrap interval of accuracy(Blender) - accuracy(fast) over the same images, resampling
+    whole scenes (an image's _0.._2 share their objects)."""
+    scenes: dict[str, list[str]] = {}
+    for f in fast:
+        scenes.setdefault(Path(f).stem.rsplit("_", 1)[0], []).append(f)
+    groups = [
+        np.array([[fast[f][0], blender[f][0], fast[f][1]] for f in files]).sum(0) for files in scenes.values()
+    ]
+    g = np.array(groups)  # (scenes, 3): fast hits, Blender hits, labels
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(g), (draws, len(g)))
+    gaps = (g[pick, 1].sum(1) - g[pick, 0].sum(1)) / g[pick, 2].sum(1)
+    return [round(float(v), 4) for v in np.percentile(gaps, [2.5, 97.5])]
+
+
 def contact_sheet(scene_files: list[Path], fast: Path, blender: Path, out: Path) -> None:
     """Rows of scenes, each: fast _0.._2 | Blender _0.._2 at 160x120."""
     w, h, gap = 160, 120, 6
@@ -261,11 +277,17 @@ def main() -> None:
     }
     record["judge_epochs"], record["judge_width"] = side["epochs"], side["width"]
 
-    feats = {}
+    feats, hits = {}, {}
     for name in ("fast", "blender", "fast-floor"):
         data = load_dataset(root / name, size=64, progress=False)
         scores, feats[name] = ev.scores_and_features(as_model_input(data.images))
         record[f"acc_{name.replace('-', '_')}"] = round(topk_accuracy(scores, data.labels), 4)
+        k = data.labels.sum(1)
+        hits[name] = {
+            f: (topk_accuracy(scores[i : i + 1], data.labels[i : i + 1]) * k[i], k[i])
+            for i, f in enumerate(data.files)
+        }
+    record["acc_gap_blender_vs_fast_ci95"] = paired_gap_ci(hits["fast"], hits["blender"])
     record["acc_gap_blender_vs_heldout"] = round(record["acc_blender"] - side["heldout_acc"], 4)
     record["acc_gap_blender_vs_fast"] = round(record["acc_blender"] - record["acc_fast"], 4)
     record["fid_fast_vs_blender"] = round(frechet_distance(feats["fast"], feats["blender"]), 3)
