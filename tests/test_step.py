@@ -63,7 +63,9 @@ def expected_error(combo: dict) -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(KEYS, COMBOS)
+@pytest.mark.parametrize(
+    KEYS, COMBOS, ids=lambda v: (f"{v[0]}+spectral" if v[1] else v[0]) if isinstance(v, tuple) else None
+)
 def test_one_step_every_combination(arch, loss, d_weights, d_cond, g_cond, data):
     combo = as_config((arch, loss, d_weights, d_cond, g_cond))
     fragment = expected_error(combo)
