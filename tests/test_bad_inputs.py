@@ -116,6 +116,16 @@ def _run(row: Row, world: World, tmp: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def command_of(row: Row) -> str:
+    """The command a row runs: the script path or the module after -m."""
+    return row.argv[1] if row.argv[0] == "-m" else row.argv[0]
+
+
+def prog_of(row: Row) -> str:
+    """How the command names itself in its one line (trainers.cli: OneLineParser and run_command)."""
+    return f"python -m {row.argv[1]}" if row.argv[0] == "-m" else f"python {row.argv[0]}"
+
+
 def assert_one_line(row: Row, out: subprocess.CompletedProcess) -> None:
     """The contract of a refusal: exit code, one line with the fragment, no traceback, in time."""
     both = out.stdout + out.stderr
@@ -125,6 +135,7 @@ def assert_one_line(row: Row, out: subprocess.CompletedProcess) -> None:
     assert out.returncode == row.code, shown
     assert lines, shown
     assert row.fragment in lines[-1], shown
+    assert lines[-1].startswith(f"{prog_of(row)}"), shown  # the one convention: "PROG: error: ..."
     if row.lone:
         assert len(lines) == 1, shown
     else:
@@ -337,6 +348,12 @@ ROWS: list[Row] = [
         setup=space_file("missing.yaml", _drop("d_cond", "embed_dim")),
         within=30,
     ),
+    Row(
+        "digits-size-not-a-digits-size",  # the other entry script: the same driver, its own defaults
+        ["search/digits.py", "--smoke-test", "--size", "128"],
+        2,
+        "--size 128: the digits data come at 8, 16, 32, 64 pixels",
+    ),
     # --- search: Ctrl-C once a trial has reported. Exit 130, the resume hint last, the parent run KILLED;
     # then the same command resumes it (the row's check).
     Row(
@@ -385,7 +402,9 @@ def _trainer_checkpoint(path: Path, *, width: int = 4) -> None:
     from trainers.config import load_preset
     from trainers.step import build_gan
 
-    gan = build_gan(load_preset("dcgan_nonsat").replace(width=width), image_size=16, n_classes=10, device="cpu")
+    gan = build_gan(
+        load_preset("dcgan_nonsat").replace(width=width), image_size=16, n_classes=10, device="cpu"
+    )
     info = {"image_size": 16, "n_classes": 10, "classes": [str(i) for i in range(10)], "fingerprint": "x"}
     state = make_checkpoint(gan, epoch=1, data_generator=torch.Generator(), data_info=info)
     save_checkpoint({**state, "best_acc": 0.0}, path)
@@ -594,6 +613,13 @@ ROWS += [
     ),
     # --- spaces
     Row(
+        "spaces-check-unknown-key",  # a SpaceError through run_command, not argparse
+        ["-m", "spaces", "check", "{tmp}/unknown.yaml", "--samples", "5"],
+        2,
+        "key 'n_critics' (value 5) is not a TrainConfig field",
+        setup=space_file("unknown.yaml", _add("n_critics", "5")),
+    ),
+    Row(
         "spaces-check-zero-samples",
         ["-m", "spaces", "check", str(SMOKE_SPACE), "--samples", "0"],
         2,
@@ -680,6 +706,26 @@ def test_bad_input_is_one_line(row: Row, world: World, tmp_path: Path):
 
 def test_rows_are_unique():
     assert len({r.id for r in ROWS}) == len(ROWS)
+
+
+# Every command of the project (README, docs/search.md "Exit codes"): each has rows in the table.
+COMMANDS = (
+    "search/clevr.py", "search/digits.py", "search.promote", "search.generate", "trainers.train",
+    "trainers.evaluator", "trainers.data", "spaces",
+)  # fmt: skip
+
+
+def test_the_table_covers_every_command_with_its_fixed_exit_codes():
+    """All commands end the same way (trainers.cli.run_command): a row per command at least, and every
+    row's exit code one of the fixed codes, as documented."""
+    from trainers import cli
+
+    assert {command_of(r) for r in ROWS} == set(COMMANDS)
+    assert {r.code for r in ROWS if r.interrupt_on} == {cli.EXIT_INTERRUPTED}
+    assert {r.code for r in ROWS if not r.interrupt_on} == {cli.EXIT_BAD_INPUT}
+    docs = (ROOT / "docs" / "search.md").read_text()
+    for name in ("EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_INTERRUPTED"):
+        assert f"| {getattr(cli, name)} | `{name}` |" in docs, name
 
 
 def test_a_sampled_config_the_trainer_refuses_stops_the_searcher(tmp_path):
