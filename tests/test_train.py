@@ -211,13 +211,14 @@ def test_nothing_reads_config_with_a_default():
             "unknown preset 'dcgan_bec'; valid: acgan_wgan_gp",
         ),
         (
-            ["--preset", "dcgan_bce", "--data", "digits", "--epochs", "1", "--set", "widht=8"],
+            ["--preset", "dcgan_nonsat", "--data", "digits", "--epochs", "1", "--set", "widht=8"],
             "'widht' (did you mean 'width'?)",
         ),
         (
-            ["--preset", "dcgan_bce", "--data", "digits", "--epochs", "1", "--set", "loss=hinje"],
+            ["--preset", "dcgan_nonsat", "--data", "digits", "--epochs", "1", "--set", "loss=hinje"],
             "unknown loss 'hinje'",
         ),
+        # the former name of dcgan_nonsat still loads: the run gets as far as the data
         (["--preset", "dcgan_bce", "--data", "/nonexistent", "--epochs", "1"], "/nonexistent"),
     ],
 )
