@@ -10,8 +10,8 @@ Only the defaults below are specific to i-CLEVR; everything else is search/drive
 
 import sys
 
-from search.driver import main
 from search.budget import Budget, EntryDefaults
+from search.driver import main
 
 CLEVR = EntryDefaults(
     name="clevr",

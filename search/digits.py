@@ -7,8 +7,8 @@ The same driver as search/clevr.py with other defaults: proof that the driver is
 
 import sys
 
-from search.driver import main
 from search.budget import Budget, EntryDefaults
+from search.driver import main
 
 DIGITS = EntryDefaults(
     name="digits",
