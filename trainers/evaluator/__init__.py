@@ -37,7 +37,14 @@ from trainers.evaluator.model import (
     read_sidecar,
     sidecar_path,
 )
-from trainers.evaluator.protocol import draw_seed, evaluate_generator, real_feature_stats
+from trainers.evaluator.protocol import (
+    draw_seed,
+    evaluate_codes,
+    evaluate_generator,
+    match_codes,
+    matched_accuracy,
+    real_feature_stats,
+)
 
 __all__ = [
     "RESOLUTION",
@@ -53,11 +60,14 @@ __all__ = [
     "check_matches",
     "describe",
     "draw_seed",
+    "evaluate_codes",
     "evaluate_generator",
     "feature_stats",
     "fit",
     "frechet_distance",
     "judge_data",
+    "match_codes",
+    "matched_accuracy",
     "measured_judge",
     "per_class_f1",
     "read_sidecar",
