@@ -154,6 +154,12 @@ def only(kind: str) -> dict:
     return docs[0]
 
 
+def named(kind: str, name: str) -> dict:
+    docs = [doc for _, doc in MANIFESTS if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    assert len(docs) == 1, f"infra/k8s/ should hold one {kind} {name}, found {len(docs)}"
+    return docs[0]
+
+
 def pod_specs(doc: dict) -> Iterator[tuple[str, dict]]:
     """(what, pod spec) of every pod a manifest describes."""
     spec = doc.get("spec", {})  # a Secret has none
@@ -170,7 +176,10 @@ def pod_specs(doc: dict) -> Iterator[tuple[str, dict]]:
 
 def test_infra_k8s_holds_the_expected_objects():
     kinds = sorted(doc["kind"] for _, doc in MANIFESTS)
-    assert kinds == ["Job", "PersistentVolumeClaim", "RayCluster", "RayJob", "Secret", "Secret"]
+    assert kinds == [
+        *("ConfigMap", "Deployment", "Job", "PersistentVolumeClaim", "PersistentVolumeClaim", "RayCluster"),
+        *("RayJob", "Secret", "Secret", "Secret", "Service"),
+    ]
 
 
 @pytest.mark.parametrize("name, doc", RAY_OBJECTS, ids=[f"{n}:{d['kind']}" for n, d in RAY_OBJECTS])
@@ -464,7 +473,7 @@ def test_secret_templates_hold_placeholders_only():
 
 
 def test_every_ray_pod_mounts_the_shared_claim_at_one_path():
-    pvc = only("PersistentVolumeClaim")
+    pvc = named("PersistentVolumeClaim", "cgan-search-shared")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     mounts = set()
     for what, pod in pod_specs(only("RayCluster")):
@@ -496,3 +505,106 @@ def test_cluster_doc_marks_every_command():
     assert blocks
     for block in blocks:
         assert CLUSTER_MARK in block or LOCAL_MARK in block, block
+
+
+# --- the tracking server (mlflow.yaml) ---------------------------------------------------------------------------
+
+
+def _mlflow_pod() -> dict:
+    return only("Deployment")["spec"]["template"]
+
+
+def _container(pod: dict, name: str) -> dict:
+    return next(c for c in pod["spec"]["containers"] if c["name"] == name)
+
+
+def _flag(argv: list[str], flag: str) -> str:
+    assert flag in argv, f"{flag} missing from {argv}"
+    return argv[argv.index(flag) + 1]
+
+
+def test_the_tracking_servers_pod_template_validates_as_kubernetes_core_schema(crd_schemas):
+    cluster = crd_schemas["RayCluster", "ray.io/v1"]["properties"]["spec"]["properties"]
+    validator = K8sValidator(to_json_schema(cluster["headGroupSpec"]["properties"]["template"], strict=True))
+    assert [f"{e.json_path}: {e.message}" for e in validator.iter_errors(_mlflow_pod())] == []
+    deployment = only("Deployment")
+    assert deployment["apiVersion"] == "apps/v1" and deployment["spec"]["replicas"] == 1
+    # one PostgreSQL owns the data folder on a ReadWriteOnce claim: never two pods at once
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    labels = _mlflow_pod()["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_every_tracking_uri_is_the_mlflow_service_and_its_allowed_host():
+    """The RayJob and the promotion Job reach the server by the Service's name and port; the server accepts that
+    Host header (--allowed-hosts) on the port its container exposes under the Service's targetPort."""
+    from urllib.parse import urlsplit
+
+    service, pod = only("Service"), _mlflow_pod()
+    mlflow = _container(pod, "mlflow")
+    argv = mlflow["command"] + mlflow.get("args", [])
+    ports = {p["name"]: p["containerPort"] for p in mlflow["ports"]}
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    uris = [
+        (where, args[args.index("--tracking-uri") + 1])
+        for where, _, args in INVOCATIONS
+        if "--tracking-uri" in args and not where.startswith("docs/")
+    ]
+    assert {where.split()[0] for where, _ in uris} >= {"rayjob.yaml", "promote-job.yaml"}
+    allowed = _flag(argv, "--allowed-hosts").split(",")
+    for where, uri in uris:
+        parts = urlsplit(uri)
+        assert parts.scheme == "http" and parts.hostname == service["metadata"]["name"], (where, uri)
+        (port,) = [p for p in service["spec"]["ports"] if p["port"] == parts.port]
+        assert ports[port["targetPort"]] == int(_flag(argv, "--port")), where
+        assert f"{parts.hostname}:{parts.port}" in allowed, (where, allowed)
+
+
+def test_the_tracking_server_authenticates_and_keeps_its_passwords_in_secrets():
+    """basic auth on, artifacts proxied, PostgreSQL on the pod's loopback, and no password in a command line, a
+    URI or a literal env value: each comes from a Secret that secrets.example.yaml describes."""
+    import configparser
+
+    pod, config = _mlflow_pod(), only("ConfigMap")["data"]
+    mlflow, postgres = _container(pod, "mlflow"), _container(pod, "postgres")
+    argv = mlflow["command"] + mlflow.get("args", [])
+    assert _flag(argv, "--app-name") == "basic-auth" and "--serve-artifacts" in argv
+    assert "listen_addresses=127.0.0.1" in postgres["args"]
+    auth = configparser.ConfigParser()
+    auth.read_string(config["basic_auth.ini"])
+    backend, users = _flag(argv, "--backend-store-uri"), auth["mlflow"]["database_uri"]
+    for uri in (backend, users):
+        assert re.fullmatch(r"postgresql://[a-z_]+@127\.0\.0\.1:5432/[a-z_]+", uri), uri  # no password
+    # the users' database is created beside the runs' one (the image's POSTGRES_DB) and is not the same
+    env = {e["name"]: e for c in pod["spec"]["containers"] for e in c["env"]}
+    runs_db, users_db = backend.rsplit("/", 1)[1], users.rsplit("/", 1)[1]
+    assert env["POSTGRES_DB"]["value"] == runs_db != users_db
+    assert f"CREATE DATABASE {users_db};" in config["10-auth-database.sql"]
+    mounted = {
+        m["subPath"] for c in pod["spec"]["containers"] for m in c["volumeMounts"] if m["name"] == "config"
+    }
+    assert mounted == set(config)
+    for name in (
+        "PGPASSWORD",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "POSTGRES_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    ):
+        assert "secretKeyRef" in env[name]["valueFrom"], name
+
+
+def test_every_secret_reference_names_a_templated_secret_and_no_secret_is_a_literal():
+    secrets = {doc["metadata"]["name"]: set(doc["data"]) for _, doc in MANIFESTS if doc["kind"] == "Secret"}
+    pods = [(what, pod) for _, doc in MANIFESTS for what, pod in pod_specs(doc)]
+    pods.append(("mlflow", _mlflow_pod()["spec"]))
+    refs = []
+    for what, pod in pods:
+        for container in pod["containers"]:
+            for var in container.get("env", []):
+                if "secretKeyRef" in var.get("valueFrom", {}):
+                    ref = var["valueFrom"]["secretKeyRef"]
+                    refs.append(ref)
+                    assert ref["key"] in secrets.get(ref["name"], ()), (what, var["name"], ref)
+                elif re.search(r"PASSWORD|TOKEN|SECRET", var["name"]):
+                    pytest.fail(f"{what}: {var['name']} is a literal, not a secretKeyRef")
+    assert {r["name"] for r in refs} == set(secrets) - {"cgan-search-ray-token"}  # KubeRay reads that one
