@@ -50,16 +50,43 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "databricks"))
 
 
+# How the MLflow UI shows a search (read in MLflow 3.17's UI bundle, mlflow/server/js/build). 3.17 opens every
+# experiment on its GenAI overview unless the URL says `workflowType=machine_learning`; the experiment-kind tag
+# is what earlier 3.x UIs read instead. The runs table takes its columns from a view state shared through an
+# experiment tag and named in the URL (`viewStateShareKey`); it cannot carry which parents are unfolded, so
+# the trial runs sit nested under the search run, one click on its "+" away.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"  # "Machine learning"; the default for a new experiment is GenAI
+VIEW_KEY = "cgan-search"
+VIEW_COLUMNS = ("metrics.`acc`", "metrics.`acc_test`", "metrics.`acc_new_test`", f"tags.`{STATE_TAG}`")
+UI_TAGS = {
+    EXPERIMENT_KIND_TAG: TRAINING_KIND,
+    f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps({"selectedColumns": list(VIEW_COLUMNS)}),
+}
+
+
 def ensure_experiment(client: MlflowClient, name: str, *, tracking_uri: str, artifact_root: Path) -> str:
-    """The experiment's id, creating it if needed. With a local store its artifacts go to an absolute
-    `artifact_root/name`: MLflow's default, ./mlartifacts, would land in the (deleted) job directory."""
+    """The experiment's id, creating it if needed, with the UI tags above (added to an experiment an earlier
+    version created without them). With a local store its artifacts go to an absolute `artifact_root/name`:
+    MLflow's default, ./mlartifacts, would land in the (deleted) job directory."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = None if is_server(tracking_uri) else (artifact_root / name).resolve().as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=UI_TAGS)
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    for key, value in UI_TAGS.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the training view with the search's columns (see UI_TAGS)."""
+    return (
+        f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    )
 
 
 def code_version(root: Path | None = None) -> dict[str, str]:
@@ -357,11 +384,16 @@ def _upload(filesystem, local: Path, path: str) -> None:
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def mlflow_ui_command(tracking_uri: str) -> str:
+def mlflow_ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
     """What to run to see the runs; a password in the URI (a database store keeps it there) shows as ***."""
     from search.options import redacted
 
     if is_server(tracking_uri):
+        url = redacted(tracking_uri)
+        url = url if experiment_id is None else ui_url(url, experiment_id)
         user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-        return f"open {redacted(tracking_uri)} in a browser" + (f" (log in as {user})" if user else "")
-    return f"mlflow ui --backend-store-uri {redacted(tracking_uri)}"
+        return f"open {url} in a browser" + (f" (log in as {user})" if user else "")
+    command = f"mlflow ui --backend-store-uri {redacted(tracking_uri)}"
+    if experiment_id is None:
+        return command
+    return f"{command}, then open {ui_url('http://127.0.0.1:5000', experiment_id)}"
