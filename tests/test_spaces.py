@@ -409,7 +409,9 @@ def test_cli_fails_with_exit_2_and_one_stderr_line(name):
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert lines[0].startswith(f"tests/fixtures/spaces/{name}:")
+    assert lines[0].startswith(
+        f"python -m spaces: error: tests/fixtures/spaces/{name}:"
+    )  # PROG: error: as every CLI
 
 
 def test_cli_checks_every_shipped_space():
