@@ -32,6 +32,21 @@ def test_listed_error_is_one_line_and_its_code(capsys):
     assert run_command(fail, (ValueError,), exit_codes={ValueError: 3}) == 3
 
 
+def test_with_prog_the_line_names_the_command_and_ctrl_c_is_130(capsys):
+    def refused():
+        raise ValueError("x")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_command(refused, (ValueError,), prog="python -m p") == 2
+    assert capsys.readouterr().err == "python -m p: error: x\n"
+    assert run_command(interrupted, (), prog="python -m p") == cli.EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err == "python -m p: interrupted\n"
+    codes = (cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_BAD_INPUT, cli.EXIT_DIVERGED, cli.EXIT_INTERRUPTED)
+    assert codes == (0, 1, 2, 3, 130)  # documented in docs/search.md, "Exit codes": fixed
+
+
 def test_os_error_names_the_file(capsys):
     def missing():
         open("/nonexistent/cgan-search-file")
