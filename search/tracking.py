@@ -36,6 +36,9 @@ ROLE_TAG = "search.role"  # "search" (the parent) or "trial"
 DIR_TAG = "search.experiment_dir"  # where Tune keeps the experiment: finds the parent again on resume
 TRIAL_TAG = "ray.trial_id"
 STATE_TAG = "optuna.state"  # COMPLETE / PRUNED / FAIL, as told to Optuna
+NODE_KEY = "node_id"  # in a trial's results: the Ray node it ran on (search/trial.py)
+NODE_TAG = "ray.node_id"  # the node of the trial's latest result
+NODES_TAG = "ray.nodes"  # every node it reported from, in order (a retry elsewhere adds one)
 CHECKPOINT_ARTIFACT = "checkpoint"  # the trial run's artifact folder search.promote reads
 PRUNED_GENERATOR = ("none", "last")  # what a trial ASHA stopped keeps: nothing, or its last evaluation's G
 _NOT_METRICS = set(AUTO_RESULT_KEYS) - {"time_total_s"} | {
@@ -44,6 +47,14 @@ _NOT_METRICS = set(AUTO_RESULT_KEYS) - {"time_total_s"} | {
     "experiment_tag",
     "should_checkpoint",
 }
+
+
+def _unreachable(err: Exception) -> bool:
+    """The server did not answer (connection refused, timed out) or answered 5xx after MLflow's retries."""
+    import requests
+
+    status = getattr(err, "get_http_status_code", lambda: 0)()
+    return isinstance(err.__context__, requests.RequestException) or status >= 500
 
 
 def is_server(uri: str) -> bool:
@@ -208,10 +219,12 @@ class TrialRunsCallback(Callback):
         self._runs: dict[str, str] = {}
         self._last_epoch: dict[str, float] = {}
         self._preexisting: set[str] | None = None
+        self._pending: list[tuple[str, list[Metric]]] = []  # batches the server did not take (see _log)
+        self._nodes: dict[str, list[str]] = {}  # trial id -> Ray node ids it reported from, in order
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_client", "_runs", "_last_epoch", "_preexisting"):
+        for key in ("_client", "_runs", "_last_epoch", "_preexisting", "_pending", "_nodes"):
             state.pop(key, None)
         return state
 
@@ -268,7 +281,39 @@ class TrialRunsCallback(Callback):
         self._last_epoch[trial.trial_id] = epoch
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, int(epoch)) for k, v in metrics_of(result).items()]
-        self.client.log_batch(run_id, metrics=metrics)
+        node = result.get(NODE_KEY)  # search/trial.py: the Ray node the trial reported from
+        tags = []
+        if node and self._nodes.setdefault(trial.trial_id, [])[-1:] != [node]:
+            self._nodes[trial.trial_id].append(node)  # a retry on another node adds one
+            tags = [RunTag(NODE_TAG, node), RunTag(NODES_TAG, ",".join(self._nodes[trial.trial_id]))]
+        self._log(run_id, metrics, tags)
+
+    def _log(self, run_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
+        """log_batch that survives the tracking server being away. MLflow's client already retries a refused
+        or failed request for ~4 minutes (7 tries, exponential backoff; the driver waits meanwhile); when even
+        that fails, the batch is kept in memory and sent before the next one, so the search goes on and no
+        metric is lost unless the driver itself dies with batches pending (each is logged as a warning)."""
+        from mlflow.exceptions import MlflowException
+
+        self._pending.append((run_id, metrics + tags))
+        while self._pending:
+            target, items = self._pending[0]
+            try:
+                self.client.log_batch(
+                    target,
+                    metrics=[m for m in items if isinstance(m, Metric)],
+                    tags=[t for t in items if isinstance(t, RunTag)],
+                )
+            except MlflowException as err:
+                if not _unreachable(err):
+                    raise
+                logger.warning(
+                    "MLflow server unreachable (%s): %d metric batch(es) kept to send later",
+                    " ".join(str(err).split())[:200],
+                    len(self._pending),
+                )
+                return
+            self._pending.pop(0)
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
         """The sample grids of this evaluation, as grids/epoch_NNN/<condition set>.png. Only the grids are

@@ -114,11 +114,14 @@ def _report(ev, *, scratch: Path, last: dict[str, Any]) -> None:
     and one generator; the driver drops the full one when the trial ends (search/tracking.py). The trainer's
     own checkpoint files are unlinked once linked into the folder.
     """
+    import ray
     from ray import tune
 
     from trainers.checkpoint import save_generator
 
-    metrics = {**ev.metrics, "epoch": ev.epoch, "step": ev.step, "diverged": 0}
+    # node_id: which Ray node ran this evaluation (the driver tags the trial's MLflow run with it)
+    node = ray.get_runtime_context().get_node_id()
+    metrics = {**ev.metrics, "epoch": ev.epoch, "step": ev.step, "diverged": 0, "node_id": node}
     generator = scratch / GENERATOR_NAME
     if (scratch / "best.pt").is_file():  # train() writes best.pt exactly when acc improved
         save_generator(scratch / "best.pt", generator)
