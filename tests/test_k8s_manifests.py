@@ -507,6 +507,56 @@ def test_cluster_doc_marks_every_command():
         assert CLUSTER_MARK in block or LOCAL_MARK in block, block
 
 
+def test_every_test_the_cluster_doc_names_exists():
+    """A "runs here" block names the test that runs it: that file, and that test function, exist."""
+    named = re.findall(r"(tests/test_\w+\.py)(?:::(\w+))?", CLUSTER_DOC.read_text())
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", CLUSTER_DOC.read_text(), re.S)
+    for block in blocks:
+        if LOCAL_MARK in block.splitlines()[0]:
+            assert re.search(r"tests/test_\w+\.py", block.splitlines()[0]), f"names no test: {block}"
+    assert named
+    for path, function in named:
+        assert (ROOT / path).is_file(), f"docs/cluster.md names {path}: no such file"
+        if function:
+            assert re.search(rf"^def {function}\(", (ROOT / path).read_text(), re.M), f"{path}::{function}"
+
+
+# The course's set: 18,009 training images (docs/cluster.md, "Sizing", storage table).
+REAL_IMAGES = 18_009
+
+
+def test_the_storage_table_is_what_the_code_writes(tmp_path):
+    """The table's pack and judge sizes for the real dataset, from the loader's own pack and the judge's
+    own network (the pack holds raw pixels: its size depends on the count and the names, not the images)."""
+    from tests.conftest import make_iclevr_folder
+    from trainers.data.pack import pack
+    from trainers.evaluator import ResNet18
+
+    sizes = {}
+    for n in (60, 180):  # real file names: CLEVR_train_NNNNNN_K.png, up to 3 frames a scene
+        labels = {f"CLEVR_train_{i // 3:06d}_{i % 3}.png": ["red cube"] for i in range(n)}
+        root = make_iclevr_folder(tmp_path / f"set{n}", labels)
+        out = tmp_path / f"pack{n}.parquet"
+        pack(root, out, size=64, progress=False)
+        sizes[n] = out.stat().st_size
+    per_image = (sizes[180] - sizes[60]) / 120
+    fixed = sizes[60] - 60 * per_image
+    row = re.search(r"\*\*([\d.]+) MB\*\* \(([\d,.]+) bytes per image \+ ([\d,]+)", CLUSTER_DOC.read_text())
+    assert row, "docs/cluster.md: the pack row of the storage table moved"
+    total, doc_per_image, doc_fixed = (float(g.replace(",", "")) for g in row.groups())
+    assert abs(per_image - doc_per_image) < 0.5 and abs(fixed - doc_fixed) < 200, (per_image, fixed)
+    assert round((fixed + REAL_IMAGES * per_image) / 1e6, 1) == total
+    judge = ResNet18(n_classes=24, width=64)
+    params = sum(p.numel() for p in judge.parameters())
+    state_bytes = sum(t.numel() * t.element_size() for t in judge.state_dict().values())
+    row = re.search(
+        r"\*\*([\d.]+) MB\*\* \(ResNet18 at width 64, 24 classes: ([\d,]+) parameters",
+        CLUSTER_DOC.read_text(),
+    )
+    assert row, "docs/cluster.md: the judge row of the storage table moved"
+    assert (round(state_bytes / 1e6, 1), params) == (float(row[1]), int(row[2].replace(",", "")))
+
+
 # --- the tracking server (mlflow.yaml) ---------------------------------------------------------------------------
 
 
