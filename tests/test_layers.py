@@ -1,8 +1,9 @@
 """trainers/ in layers: every module imports alone, no import circle, and the config sits below the networks.
 
-The layers (docs/trainers.md): leaf tables (registry, losses, optimizers, augment, models.*) -> config ->
-latent -> build -> step -> checkpoint -> train. A circle among them is what let importing the config pull
-in the step; these checks keep it from coming back.
+The layers (docs/trainers.md): data leaves (registry, choices, models.archs) -> config; implementation
+tables (losses, optimizers, augment, models.layers/conditioning/generators/discriminators) keyed by the
+names trainers.choices declares -> latent -> build -> step -> checkpoint -> train. A circle among them is
+what let importing the config pull in the step; these checks keep it from coming back.
 """
 
 from __future__ import annotations
@@ -18,28 +19,31 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "trainers"
 
-# What importing trainers.config may load of trainers: the tables it validates against, nothing that
-# builds or trains a network.
+# What importing trainers.config may load of trainers: the data it validates against, nothing that
+# implements a choice, builds or trains a network.
 CONFIG_MAY_IMPORT = {
     "trainers",
     "trainers.config",
     "trainers.registry",
-    "trainers.losses",
-    "trainers.optimizers",
-    "trainers.augment",  # the DiffAugment policy names (a leaf: torch ops and the registry helper)
+    "trainers.choices",  # every axis's names, the loss terms the rules read, parse_policy, split_d_cond
     "trainers.models",  # the package alone: its __init__ imports none of its modules
-    "trainers.models.archs",
-    "trainers.models.layers",
-    "trainers.models.conditioning",
+    "trainers.models.archs",  # what each architecture is, as data
 }
-ABOVE_CONFIG = (
+# Named, as issue 14 words it: the step, augmentation, builder, latent and every trainers.models module
+# that holds torch.nn code; and the rest above the config or implementing a choice.
+NOT_BY_CONFIG = (
     "trainers.step",
+    "trainers.augment",
     "trainers.build",
     "trainers.latent",
-    "trainers.checkpoint",
-    "trainers.train",
+    "trainers.models.layers",
+    "trainers.models.conditioning",
     "trainers.models.generators",
     "trainers.models.discriminators",
+    "trainers.losses",
+    "trainers.optimizers",
+    "trainers.checkpoint",
+    "trainers.train",
 )
 
 
@@ -128,22 +132,33 @@ def test_no_import_circle_among_trainers_modules():
 
 SCRIPT = """
 import importlib, json, sys
+# The config first, in the fresh interpreter: whether it loads torch is only visible before anything else did.
+names = json.loads(sys.argv[1])
 loaded = {}
-for name in json.loads(sys.argv[1]):
+for name in names:
     for m in [m for m in sys.modules if m == "trainers" or m.startswith("trainers.")]:
         del sys.modules[m]  # each module alone: nothing of trainers is loaded before it
     importlib.import_module(name)
     loaded[name] = sorted(m for m in sys.modules if m == "trainers" or m.startswith("trainers."))
+    if name == "trainers.config":
+        loaded["torch after trainers.config"] = "torch" in sys.modules
 print(json.dumps(loaded))
 """
+
+
+def imports_torch(name: str) -> bool:
+    """Whether the module's own top-level statements import torch (what implements a layer, loss or step)."""
+    tree = ast.parse((ROOT / _path(name)).read_text())
+    return "torch" in {a for node in tree.body for sub in ast.walk(node) for a in _names(sub)}
 
 
 @pytest.mark.slow  # one subprocess: torch, torchvision and ~45 modules imported (12-25 s on 2 shared cores)
 def test_each_module_imports_alone_and_the_config_is_below_the_networks():
     modules = runnable_modules()
     assert "trainers.config" in modules and "trainers.train" in modules
+    order = ["trainers.config", *(m for m in modules if m != "trainers.config")]
     run = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(modules)],
+        [sys.executable, "-c", SCRIPT, json.dumps(order)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -153,6 +168,43 @@ def test_each_module_imports_alone_and_the_config_is_below_the_networks():
     loaded = json.loads(run.stdout)
     config = set(loaded["trainers.config"])
     assert config <= CONFIG_MAY_IMPORT, sorted(config - CONFIG_MAY_IMPORT)
-    assert not config & set(ABOVE_CONFIG)
+    assert not config & set(NOT_BY_CONFIG), sorted(config & set(NOT_BY_CONFIG))
+    # Nothing that holds torch code, named above or not, and not torch itself: the config is data.
+    assert not {m for m in config if imports_torch(m)}
+    assert loaded["torch after trainers.config"] is False
+    # The named list holds every trainers.models module with torch code (a new one must be named there).
+    assert {m for m in modules if m.startswith("trainers.models.") and imports_torch(m)} <= set(NOT_BY_CONFIG)
     # trainers.models imports none of its modules, so reading a table does not build the networks' code.
     assert loaded["trainers.models"] == ["trainers", "trainers.models"]
+
+
+def test_every_declared_choice_has_one_implementation_and_no_other():
+    """Each axis's names are declared once, in trainers.choices; each implementation registry is keyed by
+    exactly those names, in order (trainers.registry.implements checks it at import; this pins it), so the
+    tests parametrized over a registry's keys cover every name the config accepts."""
+    from trainers import augment, choices, losses, optimizers
+    from trainers.models import conditioning, discriminators, generators, layers
+    from trainers.models.archs import ARCHITECTURES
+    from trainers.registry import implements
+
+    implementations = {
+        "LOSSES": losses.LOSSES,
+        "OPTIMIZERS": optimizers.OPTIMIZERS,
+        "D_NORMS": layers.D_NORMS,
+        "G_NORMS": layers.G_NORMS,
+        "INITS": layers.INITS,
+        "G_CONDITIONING": conditioning.G_CONDITIONING,
+        "D_CONDITIONING": conditioning.D_CONDITIONING,
+        "AUGMENTS": augment.AUGMENTS,
+    }
+    declared = {name for name, value in vars(choices).items() if name.isupper() and isinstance(value, dict)}
+    assert declared == set(implementations)  # a new axis in the leaf needs its registry here, and the reverse
+    for axis, registry in implementations.items():
+        assert list(registry) == list(getattr(choices, axis)), axis
+    assert all(losses.LOSSES[n].terms is terms for n, terms in choices.LOSSES.items())
+    # Architectures are their own leaf; the body families they name are implemented in both networks.
+    assert (
+        {a.body for a in ARCHITECTURES.values()} == set(generators.G_BODIES) == set(discriminators.D_BODIES)
+    )
+    with pytest.raises(RuntimeError, match=r"d_norm: the implementations \['batch', 'bacth'\]"):
+        implements({"batch": "", "none": ""}, {"batch": 1, "bacth": 2}, axis="d_norm")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.augment import AUGMENTS, diff_augment, parse_policy
+from trainers.augment import AUGMENTS, diff_augment
+from trainers.choices import parse_policy
 from trainers.losses import LOSSES, aux_loss, clip_weights, gradient_penalty
 from trainers.registry import ConfigError
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainers.registry import lookup
+from trainers import choices
+from trainers.registry import implements
 
 
 def _brightness(x: Tensor) -> Tensor:
@@ -64,11 +65,16 @@ def _cutout(x: Tensor, ratio: float = 0.5) -> Tensor:
     return x * mask.unsqueeze(1)  # (B, C, H, W)
 
 
-AUGMENTS: dict[str, tuple[Callable[[Tensor], Tensor], ...]] = {
-    "color": (_brightness, _saturation, _contrast),
-    "translation": (_translation,),
-    "cutout": (_cutout,),
-}
+# Policy name (declared in trainers.choices.AUGMENTS, which the config checks) -> its transforms, in order.
+AUGMENTS: dict[str, tuple[Callable[[Tensor], Tensor], ...]] = implements(
+    choices.AUGMENTS,
+    {
+        "color": (_brightness, _saturation, _contrast),
+        "translation": (_translation,),
+        "cutout": (_cutout,),
+    },
+    axis="diffaug policy",
+)
 
 
 def random_hflip(x: Tensor) -> Tensor:
@@ -79,15 +85,8 @@ def random_hflip(x: Tensor) -> Tensor:
     return torch.where(mirror, x.flip(-1), x)
 
 
-def parse_policy(policy: str) -> tuple[str, ...]:
-    """'color,translation' -> ('color', 'translation'); '' is no augmentation. Unknown names raise."""
-    names = tuple(p.strip() for p in policy.split(",") if p.strip())
-    for name in names:
-        lookup(AUGMENTS, name, axis="diffaug policy")
-    return names
-
-
 def diff_augment(x: Tensor, policy: tuple[str, ...]) -> Tensor:
+    """x with each transform of `policy` (names as `trainers.choices.parse_policy` returns them) applied."""
     for name in policy:
         for fn in AUGMENTS[name]:
             x = fn(x)

@@ -10,9 +10,10 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
+from trainers.choices import split_d_cond
 from trainers.latent import Latent
 from trainers.models.archs import ARCHITECTURES, Arch
-from trainers.models.conditioning import D_CONDITIONING, G_CONDITIONING, split_d_cond
+from trainers.models.conditioning import D_CONDITIONING, G_CONDITIONING
 from trainers.models.discriminators import D_BODIES, Discriminator
 from trainers.models.generators import G_BODIES, Generator, n_doublings
 from trainers.models.layers import D_NORMS, G_NORMS, INITS, Layers, zero_cbn_gains

@@ -11,9 +11,11 @@ with layer norm is also a valid critic). Older configs and the shipped spaces sp
 weights in D" as `d_norm: spectral`; `from_dict` reads that spelling (`upgrade_legacy`), so their
 checkpoints load and their searches draw the same parameters.
 
-Layering: this module imports the leaf registries only (`trainers.registry`, losses, optimizers, the
-architecture/norm/conditioning tables under trainers/models, the DiffAugment policy names); networks are
-built from a config in `trainers.build`, trained in `trainers.step`.
+Layering: this module imports the data leaves only: `trainers.choices` (every axis's names, and the loss
+terms the rules read), `trainers.models.archs` (what each architecture is) and `trainers.registry`; not
+torch, nor any module that implements a choice (each implementation registry is checked one to one against
+`trainers.choices` when it is imported). Networks are built from a config in `trainers.build`, trained in
+`trainers.step`.
 """
 
 from __future__ import annotations
@@ -28,12 +30,18 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from trainers.augment import parse_policy
-from trainers.losses import LOSSES
+from trainers.choices import (
+    D_CONDITIONING,
+    D_NORMS,
+    G_CONDITIONING,
+    G_NORMS,
+    INITS,
+    LOSSES,
+    OPTIMIZERS,
+    parse_policy,
+    split_d_cond,
+)
 from trainers.models.archs import ARCHITECTURES
-from trainers.models.conditioning import D_CONDITIONING, G_CONDITIONING, split_d_cond
-from trainers.models.layers import D_NORMS, G_NORMS, INITS
-from trainers.optimizers import OPTIMIZERS
 from trainers.registry import ConfigError, lookup
 
 __all__ = [

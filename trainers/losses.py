@@ -1,8 +1,8 @@
 """Adversarial losses: one signature for all, D and G losses from the same logits.
 
 `d(real_logits, fake_logits) -> scalar` is what D minimises, `g(fake_logits) -> scalar` what G minimises;
-logits are (B,) float tensors. Flags tell the step what else the loss needs (a gradient penalty,
-weight clipping). tests/test_losses.py pins each sign.
+logits are (B,) float tensors. What else a loss needs (a gradient penalty, weight clipping) is declared with
+its name in `trainers.choices.LOSSES`, which the config's rules read too. tests/test_losses.py pins each sign.
 """
 
 from __future__ import annotations
@@ -14,13 +14,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainers import choices
+from trainers.choices import LossTerms
+from trainers.registry import implements
+
 
 @dataclass(frozen=True)
 class Loss:
     d: Callable[[Tensor, Tensor], Tensor]
     g: Callable[[Tensor], Tensor]
-    gp: bool = False  # add gp_lambda * gradient penalty on real/fake interpolates to D's loss
-    clip: bool = False  # clamp D's weights to [-clip, clip] after each D step
+    terms: LossTerms  # the loss's entry in trainers.choices.LOSSES
+
+    @property
+    def gp(self) -> bool:
+        """Add gp_lambda * gradient penalty on real/fake interpolates to D's loss."""
+        return self.terms.gp
+
+    @property
+    def clip(self) -> bool:
+        """Clamp D's weights to [-clip, clip] after each D step."""
+        return self.terms.clip
 
 
 def _bce_d(real: Tensor, fake: Tensor) -> Tensor:
@@ -51,12 +64,17 @@ def _hinge_d(real: Tensor, fake: Tensor) -> Tensor:
     return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
 
 
+# Name -> (D objective, G objective); the names and their extra terms are trainers.choices.LOSSES'.
+_OBJECTIVES = {
+    "bce": (_bce_d, _minimax_g),
+    "nonsat": (_bce_d, _nonsat_g),
+    "wgan": (_wasserstein_d, _wasserstein_g),
+    "wgan_gp": (_wasserstein_d, _wasserstein_g),
+    "hinge": (_hinge_d, _wasserstein_g),
+}
 LOSSES: dict[str, Loss] = {
-    "bce": Loss(d=_bce_d, g=_minimax_g),
-    "nonsat": Loss(d=_bce_d, g=_nonsat_g),
-    "wgan": Loss(d=_wasserstein_d, g=_wasserstein_g, clip=True),
-    "wgan_gp": Loss(d=_wasserstein_d, g=_wasserstein_g, gp=True),
-    "hinge": Loss(d=_hinge_d, g=_wasserstein_g),
+    name: Loss(d=d, g=g, terms=choices.LOSSES[name])
+    for name, (d, g) in implements(choices.LOSSES, _OBJECTIVES, axis="loss").items()
 }
 
 

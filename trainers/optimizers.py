@@ -1,10 +1,14 @@
-"""The optimizer registry: one factory per name, all called as make(params, lr=, beta1=, beta2=, device=)."""
+"""The optimizer registry: one factory per name of `trainers.choices.OPTIMIZERS`, all called as
+make(params, lr=, beta1=, beta2=, device=)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+
+from trainers import choices
+from trainers.registry import implements
 
 
 def _adam(params, *, lr: float, beta1: float, beta2: float, device: torch.device):
@@ -19,4 +23,6 @@ def _rmsprop(params, *, lr: float, beta1: float, beta2: float, device: torch.dev
     return torch.optim.RMSprop(params, lr=lr)
 
 
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adam": _adam, "rmsprop": _rmsprop}
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = implements(
+    choices.OPTIMIZERS, {"adam": _adam, "rmsprop": _rmsprop}, axis="optimizer"
+)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from trainers.augment import diff_augment, parse_policy, random_hflip
+from trainers.augment import diff_augment, random_hflip
 from trainers.build import build_models, eval_weights
+from trainers.choices import parse_policy
 from trainers.latent import Latent, info_loss
 from trainers.losses import LOSSES, Loss, aux_loss, clip_weights, gradient_penalty
 from trainers.models.discriminators import Discriminator

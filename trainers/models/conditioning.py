@@ -5,7 +5,9 @@ embeddings of the objects present.
 
 Generator conditioning returns (G input, embedding for conditional norms). Discriminator conditioning
 modules expose three hooks that the discriminator calls at fixed points; a method overrides only the hooks
-it needs, and `d_cond` may combine an input method with the auxiliary classifier (`channel+acgan`).
+it needs, and `d_cond` may combine an input method with the auxiliary classifier (`channel+acgan`,
+split by `trainers.choices.split_d_cond`). The method names are declared in `trainers.choices` (which the
+config reads); the registries here implement them, checked one to one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from trainers import choices
 from trainers.models.layers import CondBatchNorm, Layers
+from trainers.registry import implements
 
 # --- Generator ---------------------------------------------------------------------------------------
 
@@ -74,12 +78,16 @@ class GCondSpec:
     norm: Callable[..., nn.Module] | None = None
 
 
-G_CONDITIONING: dict[str, GCondSpec] = {
-    "none": GCondSpec(GNone),
-    "concat": GCondSpec(GConcat),
-    "embed": GCondSpec(GEmbed),
-    "cbn": GCondSpec(GCBN, norm=CondBatchNorm),
-}
+G_CONDITIONING: dict[str, GCondSpec] = implements(
+    choices.G_CONDITIONING,
+    {
+        "none": GCondSpec(GNone),
+        "concat": GCondSpec(GConcat),
+        "embed": GCondSpec(GEmbed),
+        "cbn": GCondSpec(GCBN, norm=CondBatchNorm),
+    },
+    axis="g_cond",
+)
 
 
 # --- Discriminator -----------------------------------------------------------------------------------
@@ -155,15 +163,14 @@ class DACGAN(DCond):
         self.aux_classes = n_classes
 
 
-D_CONDITIONING: dict[str, type[DCond]] = {
-    "none": DCond,
-    "channel": DChannel,
-    "late": DLate,
-    "projection": DProjection,
-    "acgan": DACGAN,
-}
-
-
-def split_d_cond(d_cond: str) -> tuple[str, ...]:
-    """`channel+acgan` -> ('channel', 'acgan'): the methods a discriminator combines."""
-    return tuple(d_cond.split("+"))
+D_CONDITIONING: dict[str, type[DCond]] = implements(
+    choices.D_CONDITIONING,
+    {
+        "none": DCond,
+        "channel": DChannel,
+        "late": DLate,
+        "projection": DProjection,
+        "acgan": DACGAN,
+    },
+    axis="d_cond",
+)

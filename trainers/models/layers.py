@@ -1,7 +1,8 @@
 """Building blocks shared by every architecture: layer factories, norms, self-attention, weight init.
 
 Spectral norm enters in one place, `Layers(spectral=True)`: every conv and linear a model builds through
-that factory is wrapped, so no architecture repeats the decision.
+that factory is wrapped, so no architecture repeats the decision. The norm and init names are declared in
+`trainers.choices` (which the config reads); the registries here implement them, checked one to one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
+
+from trainers import choices
+from trainers.registry import implements
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,17 @@ class Layers:
 # --- Discriminator norms: name -> norm layer factory. Spectral norm is a separate choice (Layers above): it
 # reshapes the weights, not the activations, so it combines with any of these (TrainConfig.d_spectral). ----
 
-D_NORMS: dict[str, Callable[[int], nn.Module]] = {
-    "none": lambda c: nn.Identity(),
-    "batch": nn.BatchNorm2d,
-    "instance": lambda c: nn.InstanceNorm2d(c, affine=True),
-    # Layer norm over (C, H, W) per sample, as WGAN-GP recommends in place of batch norm.
-    "layer": lambda c: nn.GroupNorm(1, c),
-}
+D_NORMS: dict[str, Callable[[int], nn.Module]] = implements(
+    choices.D_NORMS,
+    {
+        "none": lambda c: nn.Identity(),
+        "batch": nn.BatchNorm2d,
+        "instance": lambda c: nn.InstanceNorm2d(c, affine=True),
+        # Layer norm over (C, H, W) per sample, as WGAN-GP recommends in place of batch norm.
+        "layer": lambda c: nn.GroupNorm(1, c),
+    },
+    axis="d_norm",
+)
 
 
 # --- Generator norms: every one is called as norm(x, c) so that cbn can use the label embedding c ----
@@ -75,10 +83,14 @@ class CondBatchNorm(nn.Module):
         return self.bn(x) * gain + self.bias(c)[:, :, None, None]
 
 
-G_NORMS: dict[str, Callable[[int], nn.Module]] = {
-    "batch": lambda c: PlainNorm(nn.BatchNorm2d(c)),
-    "none": lambda c: PlainNorm(nn.Identity()),
-}
+G_NORMS: dict[str, Callable[[int], nn.Module]] = implements(
+    choices.G_NORMS,
+    {
+        "batch": lambda c: PlainNorm(nn.BatchNorm2d(c)),
+        "none": lambda c: PlainNorm(nn.Identity()),
+    },
+    axis="g_norm",
+)
 
 
 class SelfAttention(nn.Module):
@@ -125,7 +137,9 @@ def _init_orthogonal(m: nn.Module) -> None:
         nn.init.orthogonal_(_weight(m))
 
 
-INITS: dict[str, Callable[[nn.Module], None]] = {"dcgan": _init_dcgan, "orthogonal": _init_orthogonal}
+INITS: dict[str, Callable[[nn.Module], None]] = implements(
+    choices.INITS, {"dcgan": _init_dcgan, "orthogonal": _init_orthogonal}, axis="init"
+)
 
 
 def zero_cbn_gains(net: nn.Module) -> None:
