@@ -2,8 +2,8 @@
 OpenAPI v3 schema as the API server would apply it, plus strictness: an unknown field, which the server drops
 (with a warning at most) unless the client asks for strict field validation, is an error here. Also the promotion
 Job's pod template against the core PodTemplateSpec schema the CRD embeds, the Ray version against pyproject's
-pin, every flag of every `search/clevr.py` / `search.promote` command (manifests and docs/cluster.md) against
-that CLI's `--help`, and the pieces the files must agree on (secret, volume, paths, image). The CRDs are ../shared/kuberay-crds/
+pin, every flag of every `search/clevr.py` / `search.promote` command (manifests and docs/cluster.md), and of
+every `ray job submit` in docs/cluster.md, against that CLI's `--help`, and the pieces the files must agree on (secret, volume, paths, image). The CRDs are ../shared/kuberay-crds/
 (kuberay main, Apache-2.0), as CI lays ../shared beside the checkout.
 
 Not evaluated: the CRDs' CEL rules (x-kubernetes-validations). A manifest that sets a field carrying one fails
@@ -311,6 +311,9 @@ CLIS = {
     "search/clevr.py": [sys.executable, "search/clevr.py"],
     "search.promote": [sys.executable, "-m", "search.promote"],
 }
+# Ray's job CLI (click, not argparse): its options are listed one per line under "Options:".
+RAY_SUBMIT = "ray job submit"
+RAY_SUBMIT_ARGV = [str(Path(sys.executable).with_name("ray")), "job", "submit"]
 SHELL_ENDS = {"|", "||", "&&", ";", "&", ">", ">>", "2>", "2>&1"}
 
 
@@ -321,7 +324,15 @@ def cli_options() -> dict[str, dict[str, frozenset | bool]]:
         cli: subprocess.Popen(
             [*argv, "--help"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        for cli, argv in CLIS.items()
+        for cli, argv in {**CLIS, RAY_SUBMIT: RAY_SUBMIT_ARGV}.items()
+    }
+    ray_out, err = procs.pop(RAY_SUBMIT).communicate(timeout=120)
+    assert "Options:" in ray_out, f"{RAY_SUBMIT} --help: {err}"
+    ray_options = {
+        flag: frozenset(value[1:-1].split("|")) if value.startswith("[") else bool(value)
+        for flag, value in re.findall(
+            r"^ {2}(--[a-z][a-z0-9-]*)(?:, -\w)?(?: ([A-Z]+|\[[^]]*\]))?", ray_out, re.M
+        )
     }
     options = {}
     for cli, proc in procs.items():
@@ -333,12 +344,17 @@ def cli_options() -> dict[str, dict[str, frozenset | bool]]:
             for flag, value in re.findall(r"(--[a-z][a-z0-9-]*)(?: (\{[^}]*\}|[A-Z][A-Z0-9_]*))?", usage)
         }
         assert "--experiment" in options[cli], f"{cli}: usage not parsed:\n{usage}"
-    return options
+    assert ray_options.get("--address") is True and ray_options.get("--no-wait") is False, ray_options
+    return {**options, RAY_SUBMIT: ray_options}
 
 
 def invocations(tokens: list[str]) -> Iterator[tuple[str, list[str]]]:
-    """(CLI, its arguments) for each run of clevr.py or search.promote in one command's tokens."""
+    """(CLI, its arguments) for each run of clevr.py, search.promote or `ray job submit` (its own flags, up
+    to the `--` before the entrypoint) in one command's tokens."""
     for i, token in enumerate(tokens):
+        if token == "ray" and tokens[i + 1 : i + 3] == ["job", "submit"]:
+            args = tokens[i + 3 :]
+            yield RAY_SUBMIT, args[: args.index("--")] if "--" in args else args
         cli = "search/clevr.py" if token.endswith("search/clevr.py") else None
         if token == "search.promote" and i > 0 and tokens[i - 1] == "-m":
             cli = "search.promote"
@@ -408,6 +424,7 @@ def test_manifests_and_docs_run_both_clis():
     where = {(place.split()[0], cli) for place, cli, _ in INVOCATIONS}
     assert {("rayjob.yaml", "search/clevr.py"), ("promote-job.yaml", "search.promote")} <= where
     assert {("docs/cluster.md", "search/clevr.py"), ("docs/cluster.md", "search.promote")} <= where
+    assert ("docs/cluster.md", RAY_SUBMIT) in where
 
 
 @pytest.mark.parametrize("where, cli, args", INVOCATIONS, ids=[f"{w}:{c}" for w, c, _ in INVOCATIONS])
@@ -424,6 +441,9 @@ def test_every_flag_exists_in_the_cli(where, cli, args, cli_options):
         ("search/clevr.py", ["--promote", "yes"]),
         ("search/clevr.py", ["--storage"]),
         ("search.promote", ["--experiment", "x", "--smoke-test"]),
+        ("ray job submit", ["--adress", "http://127.0.0.1:8265"]),
+        ("ray job submit", ["--log-style", "fancy"]),
+        ("ray job submit", ["--no-wait", "yes"]),
     ],
     ids=lambda v: shlex.join(v) if isinstance(v, list) else v,
 )
