@@ -201,35 +201,27 @@ class LocalCluster:
                 resource="node_head",
             )  # fmt: skip
             self._wait_for_jobs_api()
-            for i in range(1, self.workers + 1):
-                self._ray_start(
-                    f"w{i}",
-                    # A temp dir per node: each node's runtime-env agent deletes job packages (the job's
-                    # --working-dir) it no longer uses from ITS session folder; shared with the head's, that
-                    # deleted the running driver's code (seen: "spaces/smoke.yaml: no such file").
-                    [
-                        "--address",
-                        self.gcs,
-                        "--num-cpus",
-                        str(self.cpus_per_worker),
-                        "--temp-dir",
-                        str(self.root / f"ray-w{i}"),
-                    ],
-                    head=False,
-                    resource=f"node_w{i}",
-                )
-            if self.tracking:
+            if self.tracking:  # first: its two MLflow imports are the start's biggest CPU cost
                 self.tracking.start()
                 self._create_mlflow_user()
                 # for a user's shell (describe): 0600, in the cluster's own folder, removed with it
                 fd = os.open(self.root / "mlflow-password", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as f:
                     f.write(self.mlflow_password)
-            wait_until(
-                lambda: self._check_nodes() == self.workers + 1,
-                timeout=180,
-                what=f"{self.workers + 1} Ray nodes",
-            )
+            # One worker at a time: a raylet has 30 s to register (hard-coded, ray/_private/node.py), which
+            # two raylets starting together on 2 busy cores sometimes miss.
+            for i in range(1, self.workers + 1):
+                self._ray_start(
+                    f"w{i}",
+                    # A temp dir per node: each node's runtime-env agent deletes job packages (the job's
+                    # --working-dir) it no longer uses from ITS session folder; shared with the head's, that
+                    # deleted the running driver's code (seen: "spaces/smoke.yaml: no such file").
+                    ["--address", self.gcs, "--num-cpus", str(self.cpus_per_worker),
+                     "--temp-dir", str(self.root / f"ray-w{i}")],
+                    head=False,
+                    resource=f"node_w{i}",
+                )  # fmt: skip
+                wait_until(lambda i=i: self._check_nodes() == i + 1, timeout=240, what=f"Ray node w{i}")
         except BaseException:
             self.stop()
             raise

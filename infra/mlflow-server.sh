@@ -6,8 +6,8 @@
 #
 # Runs and the model registry go to SQLite (HOME/mlflow-server.db); artifacts (grids, checkpoints, models)
 # to HOME/mlflow-server-artifacts, served by the server itself (--serve-artifacts), so clients need no
-# shared filesystem. It binds 127.0.0.1 unless --host says otherwise: put it behind an authenticating
-# proxy (or MLflow's basic-auth app, which needs MLFLOW_AUTH_ADMIN_PASSWORD) before exposing it.
+# shared filesystem. It binds 127.0.0.1 unless --host says otherwise, and has no authentication: for a
+# server a team shares (PostgreSQL, basic auth, --allowed-hosts) use `python -m infra.tracking_server`.
 # One search driver is the only writer of its runs; any number of searches may share one server.
 # `exec` keeps this script's pid as the server's, so a supervisor (or a test) can stop it by pid.
 set -euo pipefail
