@@ -541,6 +541,19 @@ def test_every_test_the_cluster_doc_names_exists():
             assert re.search(rf"^def {function}\(", (ROOT / path).read_text(), re.M), f"{path}::{function}"
 
 
+def test_the_docs_kubectl_create_secret_commands_make_exactly_the_templated_secrets():
+    """docs/cluster.md creates the Secrets with kubectl (no value in a file): the same names and keys as
+    secrets.example.yaml, which the manifests' references are checked against."""
+    templates = {doc["metadata"]["name"]: set(doc["data"]) for _, doc in MANIFESTS if doc["kind"] == "Secret"}
+    created = {}
+    for tokens in doc_commands(CLUSTER_DOC):
+        for i in range(len(tokens) - 3):
+            if tokens[i : i + 4] == ["kubectl", "create", "secret", "generic"]:
+                keys = {t.split("=", 2)[1] for t in tokens[i + 5 :] if t.startswith("--from-literal=")}
+                created[tokens[i + 4]] = keys
+    assert created == templates
+
+
 # The course's set: 18,009 training images (docs/cluster.md, "Sizing", storage table).
 REAL_IMAGES = 18_009
 
