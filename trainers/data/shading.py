@@ -51,8 +51,8 @@ BACKDROP_NORMAL = (-0.9032076597213745, 0.4292037785053253)  # the ground's loca
 INDIRECT_S = (-7.0, -1.0, 5.0, 11.0, 17.0, 23.0)
 INDIRECT_RADIANCE = (0.0088, 0.0107, 0.0194, 0.0331, 0.0394, 0.0411)
 # Light the floor sends back up to an object's lower half, as a share of the floor's own radiance seen
-# over the lower hemisphere; fitted to Blender renders of the base scene (docs/data.md).
-FLOOR_BOUNCE = 0.8
+# over the lower hemisphere; fitted to Blender renders (object brightness by shape at 64x64, docs/data.md).
+FLOOR_BOUNCE = 0.72
 # Share of a lamp's light that still reaches a point an object shadows from it: Cycles' shadows are lit
 # by the light that object and the floor round it bounce; fitted to the floor's shadow/lit ratios in
 # Blender renders of the base scene (darkest 0.48, against 0.31 with opaque shadows).
