@@ -152,7 +152,7 @@ def imports_torch(name: str) -> bool:
     return "torch" in {a for node in tree.body for sub in ast.walk(node) for a in _names(sub)}
 
 
-@pytest.mark.slow  # one subprocess: torch, torchvision and ~45 modules imported (12-25 s on 2 shared cores)
+@pytest.mark.slow  # one subprocess: torch, torchvision and ~45 modules imported (12-40 s on 2 shared cores)
 def test_each_module_imports_alone_and_the_config_is_below_the_networks():
     modules = runnable_modules()
     assert "trainers.config" in modules and "trainers.train" in modules
