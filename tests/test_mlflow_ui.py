@@ -185,13 +185,14 @@ def tour(browser: Browser, url: str, experiment_id: str, trial: tuple[str, str],
     browser.wait("the artifact tree", "!!document.querySelector('[data-testid=artifact-tree-node]')")
     browser.click_all(CLOSE_ASSISTANT)
     # Unfold grids/ and its last epoch, then select the last grid: the artifact view previews the PNG.
-    last_node = "[...document.querySelectorAll('[data-testid=artifact-tree-node]')].pop()"
-    for depth in range(1, 4):
-        browser.js(f"{last_node}.click()")
-        browser.wait(f"level {depth} of grids/", f"document.querySelectorAll('[data-testid=artifact-tree-node]').length > {depth}"
-                     f" || {last_node}.getAttribute('artifact-name').endsWith('.png')")  # fmt: skip
+    nodes = "document.querySelectorAll('[data-testid=artifact-tree-node]')"
+    last_node = f"[...{nodes}].pop()"
+    for depth in range(1, 4):  # the last folder's children appear after it: the last node is the deepest
         if browser.js(f"{last_node}.getAttribute('artifact-name').endsWith('.png')"):
             break
+        shown = browser.js(f"{nodes}.length")
+        browser.js(f"{last_node}.click()")
+        browser.wait(f"level {depth} of the artifact tree unfolded", f"{nodes}.length > {shown}")
     browser.js(f"{last_node}.click()")
     seen["grid_px"] = browser.wait(
         "the sample grid's preview",
