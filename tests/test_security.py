@@ -208,6 +208,9 @@ def auth_server(tmp_path):
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # the server forks workers: all ended together by killpg
+        # No GenAI job runner (7 huey consumer processes, each importing mlflow): tracking never uses it,
+        # and at start-up it competes with the server for the 2 cores (/health came up ~2x later with it).
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     proxy = BasicAuthProxy(port, user, password)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
@@ -260,7 +263,9 @@ def test_local_search_listens_on_loopback_keeps_the_token_private_and_the_passwo
         "RAY_AUTH_TOKEN_PATH",
     ):
         env.pop(name, None)
-    args = ("--smoke-test", "--num-samples", "2", "--max-epochs", "2", "--experiment", experiment)
+    # One epoch: every trial still starts its worker, reports, checkpoints and logs to the server, and
+    # --promote finds trials that ran to max_epochs; a second epoch only repeats the same requests.
+    args = ("--smoke-test", "--num-samples", "2", "--max-epochs", "1", "--experiment", experiment)
     log = tmp_path / "search.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
