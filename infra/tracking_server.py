@@ -24,6 +24,7 @@ import os
 import pwd
 import secrets
 import signal
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -155,13 +156,14 @@ class Postgres:
             log=self.data.parent / "postgres.log",
             user=self.user.pw_name if self.user else None,
         )
-        wait_until(
-            lambda: (self.socket_dir / f".s.PGSQL.{self.port}").exists() or not self.process.running(),
-            timeout=60,
-            what="PostgreSQL",
-        )
+        wait_until(lambda: self._ready() or not self.process.running(), timeout=60, what="PostgreSQL")
         if not self.process.running():
             raise ServerError(f"postgres exited: {' '.join(self.process.tail(400).split())}")
+
+    def _ready(self) -> bool:
+        """Accepting connections (a socket file alone may be a stale one of a killed server)."""
+        argv = [str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
     def stop(self) -> None:
         if self.process:
