@@ -141,8 +141,8 @@ def free_port() -> int:
 
 class BasicAuthProxy(http.server.ThreadingHTTPServer):
     """HTTP basic auth in front of a real `mlflow server` (what an authenticating reverse proxy does; MLflow's
-    own basic-auth app needs Flask-WTF, which the project does not install): 401 for any request without
-    the credentials, else forwarded. Counts both, so a test sees that the credentials arrived."""
+    own basic-auth app, which infra/tracking_server.py runs, would not count requests): 401 for any request
+    without the credentials, else forwarded. Counts both, so a test sees that the credentials arrived."""
 
     def __init__(self, upstream_port: int, user: str, password: str):
         self.upstream_port, self.authorized, self.refused = upstream_port, 0, 0
