@@ -24,7 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainers.data.blender.engine import BlenderError, find_assets, find_blender, render_scenes, scene_files
+from trainers.data.blender.engine import (
+    BlenderError,
+    SceneFiles,
+    find_assets,
+    find_blender,
+    render_scenes,
+    scene_files,
+)
 from trainers.data.labels import spec_file
 from trainers.files import atomic_write
 
@@ -95,6 +102,20 @@ def write_checksums(out: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def write_index(out: Path, files: list[SceneFiles], descriptions: list[dict]) -> int:
+    """train.json over the scenes whose files are all there (an unfinished set is already usable;
+    SHA256SUMS is written only once every scene is). Returns how many scenes it lists."""
+    index, done = {}, 0
+    for f, description in zip(files, descriptions, strict=True):
+        if f.done():
+            done += 1
+            labels = [f"{o['color']} {o['shape']}" for o in description["objects"]]
+            for k, image in enumerate(f.images):
+                index[image.name] = labels[: k + 1]
+    _write_text(out / "train.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return done
+
+
 def render_blender_set(
     out: str | os.PathLike,
     *,
@@ -147,32 +168,23 @@ def render_blender_set(
     if before < scenes:
         (out / SUMS).unlink(missing_ok=True)  # SHA256SUMS present = every scene is there
 
-    def index_finished() -> None:
-        """train.json over the scenes finished so far: an unfinished set is already usable (SHA256SUMS
-        is written only once every scene is)."""
-        index = {}
-        for f, description in zip(files, descriptions, strict=True):
-            if f.done():
-                labels = [f"{o['color']} {o['shape']}" for o in description["objects"]]
-                for k, image in enumerate(f.images):
-                    index[image.name] = labels[: k + 1]
-        _write_text(out / "train.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-    render_scenes(
-        descriptions,
-        out / "iclevr",
-        names=names,
-        masks=mask_dir,
-        size=size,
-        samples=samples,
-        shadows=shadows,
-        threads=threads,
-        skip_done=True,
-        progress=progress,
-        blender=blender,
-        assets=assets,
-        after_chunk=index_finished,
-    )
-    index_finished()
+    try:
+        render_scenes(
+            descriptions,
+            out / "iclevr",
+            names=names,
+            masks=mask_dir,
+            size=size,
+            samples=samples,
+            shadows=shadows,
+            threads=threads,
+            skip_done=True,
+            progress=progress,
+            blender=blender,
+            assets=assets,
+            after_chunk=lambda: write_index(out, files, descriptions),
+        )
+    finally:  # stopped or failed, what is finished stays usable
+        write_index(out, files, descriptions)
     checksum = write_checksums(out)
     return BlenderSet(out, scenes, scenes - before, time.perf_counter() - start, checksum)
