@@ -1,5 +1,7 @@
-"""The synthetic i-CLEVR renderer: file layout, determinism, label contracts and the scene guarantees
-(objects apart, in view, visible, drawn in their label's colour). Tiny renders (32-64 px) keep it fast."""
+"""The synthetic i-CLEVR renderer: file layout, determinism, label contracts, the i-CLEVR generator's rules
+(one size, rubber, first object at the origin, unique pairs, distance and directional margins, 200 visible
+pixels at 320x240), the scene JSON round trip and saved descriptions rendered identically, objects drawn in
+their label's colour. Tiny renders (32-64 px) keep it fast."""
 
 from __future__ import annotations
 
