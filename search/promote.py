@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from search.options import HelpFormatter, OneLineParser, default_home, tracking_uri_or_default
-from search.tracking import PARENT_TAG, ROLE_TAG, STATE_TAG, TRIAL_TAG
 from trainers.cli import run_command
 
 LOWER_IS_BETTER = ("fid",)
@@ -101,6 +100,10 @@ def choose(
 def trial_rows(client, experiment_id: str) -> list[dict[str, Any]]:
     """Every FINISHED trial run of the experiment as a row: trial_id, state, epochs, diverged, its final
     metrics, its search's max_epochs, and the run itself."""
+    # search.tracking (mlflow, ray.tune: ~6 CPU-s) is imported by the functions that read runs, not at the
+    # top: `python -m search.promote` then parses and refuses bad arguments before any of it loads
+    from search.tracking import PARENT_TAG, ROLE_TAG, STATE_TAG, TRIAL_TAG
+
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'FINISHED'",
@@ -185,6 +188,8 @@ def promote(
     `objectives` ("acc", "fid") chooses from the Pareto front; else the best `metric`."""
     import mlflow
 
+    from search.tracking import PARENT_TAG
+
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise PromoteError(f"no MLflow experiment named {experiment!r} in {client.tracking_uri}")
@@ -247,6 +252,8 @@ def _log_generator_model(client, run_id: str) -> tuple[str, dict[str, Any], dict
 
 def _version_tags(run, parent, *, slim, info, experiment: str, rule: str) -> dict[str, str]:
     """What a registered version records: the recipe, where it came from and how it was chosen, its metrics."""
+    from search.tracking import STATE_TAG
+
     return {
         "config": json.dumps(slim["config"], sort_keys=True),
         "ema": str(slim["ema"]).lower(),

@@ -24,19 +24,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from trainers.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    make_checkpoint,
-    restore,
-    save_checkpoint,
-)
 from trainers.cli import (
     EXIT_DIVERGED,
     OneLineParser,
@@ -48,7 +39,14 @@ from trainers.cli import (
 )
 from trainers.cli import device as device_arg
 from trainers.config import ConfigError, TrainConfig, load_preset, preset_names
-from trainers.step import GAN, Diverged, build_gan, train_step
+
+# torch, the step and the checkpoint are imported where they are used, not here: `python -m trainers.train`
+# then parses its arguments (--help, a refusal) in well under a second instead of after ~3 s of torch.
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from trainers.step import GAN, Diverged
 
 __all__ = ["Diverged", "EvalReport", "evaluate", "steps_per_epoch", "train"]
 
@@ -82,7 +80,18 @@ def _device_data(data: Any, device: torch.device) -> Any:
     return DeviceData(data, device)
 
 
+def __getattr__(name: str) -> Any:
+    """`from trainers.train import Diverged` keeps working while the step (torch) loads only when asked."""
+    if name == "Diverged":
+        from trainers.step import Diverged
+
+        return Diverged
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -94,6 +103,8 @@ class _EvalHarness:
     the judge (the evaluator) through the evaluation protocol."""
 
     def __init__(self, gan: GAN, data: Any, evaluator: Any, conditions: Mapping[str, Any], seed: int):
+        import torch
+
         self.gan, self.evaluator, self.seed = gan, evaluator, seed
         self.conditions = {
             k: v.float().cpu() if torch.is_tensor(v) else torch.from_numpy(np.array(v, dtype=np.float32))
@@ -113,12 +124,16 @@ class _EvalHarness:
             return self.net(z, labels.to(self.gan.device)).float()
 
     def generate_codes(self, disc: Tensor, generator: torch.Generator) -> Tensor:
+        import torch
+
         z, _ = self.gan.latent.sample(len(disc), device=self.gan.device, generator=generator, disc=disc)
         with self.gan.autocast():
             return self.net(z, torch.zeros(len(disc), self.n_classes, device=self.gan.device)).float()
 
     @contextlib.contextmanager
     def _eval_mode(self):
+        import torch
+
         self.net = self.gan.generator_for_eval
         was_training = self.net.training
         devices = [self.gan.device] if self.gan.device.type == "cuda" else []
@@ -152,6 +167,7 @@ class _EvalHarness:
 
     def grids(self, out_dir: Path, epoch: int) -> dict[str, Path]:
         """One image per condition row (or 10 per code value for InfoGAN), 8 per grid row."""
+        import torch
         from torchvision.utils import save_image
 
         paths = {}
@@ -202,6 +218,11 @@ def train(
     """
     if epochs < 1 or eval_every < 1:
         raise ValueError(f"epochs and eval_every must be >= 1, got {epochs}, {eval_every}")
+    import torch
+
+    from trainers.checkpoint import load_checkpoint, make_checkpoint, restore, save_checkpoint
+    from trainers.step import build_gan, train_step
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -375,6 +396,8 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _resume_state(args: argparse.Namespace, config: TrainConfig, out: Path) -> dict[str, Any]:
     """The --resume checkpoint, checked against everything known before the data loads (a refusal then
     costs seconds, not a pack build)."""
+    from trainers.checkpoint import load_checkpoint
+
     state = load_checkpoint(args.resume, mmap=True)
     missing = [k for k in RESUME_KEYS if k not in state]
     data = state.get("data")
@@ -409,8 +432,12 @@ def _check_out(out: Path, resume: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
+    from trainers.checkpoint import CheckpointError
     from trainers.data import DataError, conditions_for, load_dataset
     from trainers.evaluator import Evaluator, EvaluatorError
+    from trainers.step import Diverged
 
     if args.threads:
         torch.set_num_threads(args.threads)

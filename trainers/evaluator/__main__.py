@@ -12,9 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from trainers.cli import (
     OneLineParser,
     open_fraction,
@@ -25,18 +22,9 @@ from trainers.cli import (
     seed_int,
 )
 from trainers.cli import device as device_arg
-from trainers.evaluator.calibrate import (
-    DIGITS_SIZE,
-    SAMPLE,
-    calibrate,
-    calibration_dir,
-    check_matches,
-    describe,
-    judge_data,
-)
-from trainers.evaluator.fit import FitConfig, fit
-from trainers.evaluator.metrics import topk_accuracy
-from trainers.evaluator.model import Evaluator, EvaluatorError, as_model_input
+
+# torch-free: the parser is built and argv checked before torch loads (each command imports what it runs)
+from trainers.evaluator.recipe import DIGITS_SIZE, SAMPLE, FitConfig
 
 DEFAULTS = FitConfig()
 
@@ -132,6 +120,11 @@ def _load(data: str, size: int | None):
 
 
 def run_fit(args: argparse.Namespace) -> str:
+    import torch
+
+    from trainers.evaluator.fit import fit
+    from trainers.evaluator.model import Evaluator, EvaluatorError
+
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     init = Evaluator.load(args.init, device="cpu") if args.init is not None else None
     if init is not None and args.width not in (None, init.width):
@@ -177,8 +170,10 @@ def run_fit(args: argparse.Namespace) -> str:
 INIT_KEYS = ("checkpoint_sha256", "data", "data_fingerprint", "heldout_acc", "cpu_seconds", "init")
 
 
-def _check_init(path: Path, init: Evaluator, ds) -> None:
+def _check_init(path: Path, init, ds) -> None:
     """A warm start must share the dataset's classes and must not have trained on its held-out scenes."""
+    from trainers.evaluator.model import EvaluatorError
+
     if init.n_classes != ds.n_classes or (
         "classes" in init.meta and tuple(init.meta["classes"]) != ds.classes
     ):
@@ -193,6 +188,13 @@ def _check_init(path: Path, init: Evaluator, ds) -> None:
 
 
 def run_score(args: argparse.Namespace) -> str:
+    import numpy as np
+    import torch
+
+    from trainers.evaluator.calibrate import check_matches
+    from trainers.evaluator.metrics import topk_accuracy
+    from trainers.evaluator.model import Evaluator, as_model_input
+
     ev = Evaluator.load(args.evaluator, device=args.device)
     ds = _load(args.data, args.size)
     check_matches(args.evaluator, ev, ds.classes, str(args.data))
@@ -206,6 +208,8 @@ def run_score(args: argparse.Namespace) -> str:
 
 def run_calibrate(args: argparse.Namespace) -> str:
     from search.options import default_home  # the search's own home: lazy, and it needs no ray or mlflow
+    from trainers.evaluator.calibrate import calibrate, calibration_dir, describe, judge_data
+    from trainers.evaluator.model import Evaluator
 
     home = (args.home.expanduser().resolve() if args.home else None) or default_home()
     os.environ.setdefault("CGAN_SEARCH_CACHE", str(home / "cache"))  # the packs the search will read too
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from trainers.data import DataError
+    from trainers.evaluator.model import EvaluatorError
 
     command = COMMANDS[args.command]
     return run_command(lambda: print(command(args)), (EvaluatorError, DataError), prog=parser.prog)

@@ -31,12 +31,11 @@ from trainers.evaluator.model import (
     read_sidecar,
     sidecar_path,
 )
+from trainers.evaluator.recipe import DIGITS_SIZE, SAMPLE  # torch-free, for the command line's --help
 from trainers.files import atomic_write
 
-SAMPLE = 3000  # images scored: the standard error of a ~0.9 accuracy over ~6,000 labels is ~0.004
 SEED = 0  # the sample is fixed: the same data always gives the same images, hence comparable figures
 VERSION = 1  # of the cached record; another version is measured again
-DIGITS_SIZE = 32  # the digits track trains its generators at 32x32: judge what they will produce
 ICLEVR_CLASSES = 24  # the official judge's output size; it carries no class names (objects.json order)
 
 # What the search's figure means, by where it came from (tagged on the parent run as search.evaluator_acc_source)

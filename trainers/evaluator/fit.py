@@ -6,7 +6,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -17,30 +17,9 @@ from tqdm import tqdm
 
 from trainers.evaluator.metrics import per_class_f1, topk_accuracy
 from trainers.evaluator.model import Evaluator, ResNet18, default_device
+from trainers.evaluator.recipe import FitConfig  # torch-free, for the command line's --help
 
 SCENE_FILE = re.compile(r"^CLEVR_\w+?_(\d+)_\d+\.png$")  # CLEVR_train_001032_2.png: scene 001032, 3rd object
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    """The recipe. Defaults: the CPU recipe measured in docs/evaluator.md (held-out 0.95 on 27k synthetic images)."""
-
-    width: int = 16  # 1/16 of resnet18's FLOPs; per CPU second it beats 32 while data is the limit
-    epochs: int = 16  # 10,000 scenes x 16 epochs: 0.95 held-out (docs/evaluator.md); fresh data beats epochs
-    batch_size: int = 64  # small batches: more steps per CPU second, and 32-64 generalized best here
-    lr: float = 3e-3  # OneCycle peak for AdamW
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.1
-    max_shift: int = 3  # pixels of random translation; objects sit well inside the 64x64 frame
-    flip: bool = True  # a mirror image keeps every color/shape label
-    max_train: int | None = None  # use at most this many training images (None = all)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.width < 1 or self.epochs < 1 or self.batch_size < 2:
-            raise ValueError(f"width, epochs >= 1 and batch_size >= 2 required: {self}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
 def split_indices(
@@ -91,7 +70,7 @@ def fit(
     *,
     files: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
-    config: FitConfig = FitConfig(),
+    config: FitConfig = FitConfig(),  # noqa: B008 (a frozen dataclass: one shared default is safe)
     device: str | torch.device | None = None,
     progress: bool = True,
     init: Evaluator | None = None,
