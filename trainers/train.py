@@ -432,6 +432,15 @@ def _check_out(out: Path, resume: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    checked: dict[str, Any] = {}
+
+    def check() -> None:  # what needs no torch: a bad --set or an occupied --out is refused before it loads
+        checked["config"] = _config_from_args(args)
+        checked["out"] = args.out or Path("data") / "runs" / args.preset
+        _check_out(checked["out"], args.resume)
+
+    if code := run_command(check, (ConfigError,), prog=parser.prog):
+        return code
     import torch
 
     from trainers.checkpoint import CheckpointError
@@ -443,9 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     def body() -> None:
-        config = _config_from_args(args)
-        out = args.out or Path("data") / "runs" / args.preset
-        _check_out(out, args.resume)
+        config, out = checked["config"], checked["out"]
         state = _resume_state(args, config, out) if args.resume is not None else None
         ds = load_dataset(args.data, size=args.size, progress=True)
         if state is not None:
