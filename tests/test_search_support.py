@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from infra.processes import children_of  # noqa: F401  (re-exported: tests import it from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE_SPACE = ROOT / "spaces" / "smoke.yaml"
 
@@ -39,26 +41,6 @@ def run_search(home: Path, *args: str, entry: str = "clevr", cwd: Path | None = 
         cwd=cwd or home,
     )
     return out, time.monotonic() - start
-
-
-def children_of(pid: int) -> list[int]:
-    """Every descendant pid of `pid` (from /proc; psutil is not installed)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def cmdline(pid: int) -> str:
