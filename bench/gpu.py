@@ -112,15 +112,16 @@ def scaled(config: TrainConfig, args) -> TrainConfig:
 def combinations(args) -> list[dict[str, Any]]:
     """Every arch x loss x d_norm x d_cond the config accepts (tests/test_step.py's grid, G conditioning
     rotated: the first one valid for the combination, starting at a different one each time)."""
-    from tests.test_step import COMBOS
+    from tests.test_step import COMBOS, as_config
     from trainers.models.conditioning import G_CONDITIONING
 
     g_conds = sorted(G_CONDITIONING)
+    # (arch, loss, D's weights = (d_norm, spectral), d_cond): test_step's grid without G's conditioning
     four = list(dict.fromkeys(c[:4] for c in COMBOS))
     out = []
-    for i, (arch, loss, d_norm, d_cond) in enumerate(four):
+    for i, head in enumerate(four):
         for g_cond in g_conds[i % len(g_conds) :] + g_conds[: i % len(g_conds)]:
-            combo = {"arch": arch, "loss": loss, "d_norm": d_norm, "d_cond": d_cond, "g_cond": g_cond}
+            combo = as_config((*head, g_cond))
             try:
                 TrainConfig.from_dict({**combo, **sizes(args)})
             except ConfigError:
