@@ -387,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.pause()
     except KeyboardInterrupt:
         pass
+    except (RuntimeError, TimeoutError, OSError) as err:
+        # a node that did not start: one line, not a traceback
+        print(f"{parser.prog}: error: {' | '.join(str(err).splitlines())}", file=sys.stderr, flush=True)
+        return 1
     finally:
         cluster.stop()
     return 0
