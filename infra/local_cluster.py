@@ -392,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: {' | '.join(str(err).splitlines())}", file=sys.stderr, flush=True)
         return 1
     finally:
+        # a second Ctrl-C (an impatient user, or a wrapper forwarding its own) must not cut the stop short and
+        # leave nodes running: stopping takes seconds and ends everything by pid anyway
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         cluster.stop()
     return 0
 
