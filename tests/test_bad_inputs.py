@@ -486,6 +486,7 @@ _GENERATOR_MODEL: list[Path] = []  # built once per session: a pyfunc save costs
 
 def _generator_model(tmp: Path) -> None:
     """{tmp}/model: a real cgan-search pyfunc generator (24 i-CLEVR classes, 8x8, untrained)."""
+    import atexit
     import shutil
     import tempfile
 
@@ -500,6 +501,8 @@ def _generator_model(tmp: Path) -> None:
         from trainers.step import build_gan
 
         folder = Path(tempfile.mkdtemp(prefix="bad-inputs-generator-"))
+        # built once per session and shared by the rows; removed when pytest exits (it was left in /tmp)
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         classes = list(load_vocab(spec_file("objects.json")))
         config = TrainConfig.from_dict(
             {"arch": "dcgan", "loss": "hinge", "g_cond": "concat", "d_cond": "projection"}
