@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ class SearchFailed(Exception):
     """The search ran but cannot end well (no trial can be chosen): one line on stderr, exit status 1."""
 
 
-def main(entry: EntryDefaults, argv: list[str] | None = None) -> int:
+def main(entry: EntryDefaults, argv: list[str] | None = None, *, arm: str = "tpe-asha") -> int:
+    """The search's command line; `arm` names the searcher + scheduler (bench/search_value.py's arms)."""
     # Ray 2.60 turns token auth on for new local clusters; say so explicitly. It must be set before ray is
     # imported (the mode is read once, at import); `ray job submit` passes the cluster's own setting.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -39,7 +41,8 @@ def main(entry: EntryDefaults, argv: list[str] | None = None) -> int:
     args, parser = parse(entry, argv)
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         os.environ[LOOPBACK_ONLY_ENV] = "0"  # a local Ray: before anything imports ray (see start_ray)
-    opts = complete(args, parser, entry)  # bad input fails here, before Ray starts
+    # bad input fails here, before Ray starts
+    opts = dataclasses.replace(complete(args, parser, entry), arm=arm)
     from spaces import SpaceError
     from trainers.data import DataError
     from trainers.evaluator import EvaluatorError
@@ -182,8 +185,6 @@ def fitting_presets(space, names: tuple[str, ...]) -> tuple[dict[str, dict[str, 
 def auto_gpus_per_trial(opts: Options, space, prepared, resources: dict[str, float]) -> Options:
     """--gpus-per-trial auto: one probe step of the space's largest configs, on one whole GPU of the cluster
     (a Ray task), sets the fraction (search/packing.py). Prints what it chose and why."""
-    import dataclasses
-
     import ray
 
     from search import packing
@@ -241,7 +242,7 @@ def make_searcher(opts: Options, space, presets):
     multi = len(opts.objectives) > 1
     return PresetOptunaSearch(
         CheckedSpace(space),
-        metric=list(opts.objectives) if multi else opts.objectives[0],
+        metric=list(opts.decision_metrics) if multi else opts.decision,
         mode=list(opts.modes) if multi else opts.modes[0],
         sampler=optuna.samplers.TPESampler(
             seed=opts.seed,
@@ -266,10 +267,9 @@ def checkpoint_config():
 
 def make_tuner(opts: Options, trainable, *, searcher, callback, concurrency: int):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.optuna_bridge import TIME_ATTR
+    from search import arms
     from search.report import progress_reporter
 
     return tune.Tuner(
@@ -277,14 +277,8 @@ def make_tuner(opts: Options, trainable, *, searcher, callback, concurrency: int
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
             # metric and mode live on the searcher and the scheduler (giving them twice raises)
-            scheduler=ASHAScheduler(
-                time_attr=TIME_ATTR,
-                metric="acc",
-                mode="max",
-                max_t=opts.max_epochs,
-                grace_period=opts.grace_epochs,
-                reduction_factor=opts.reduction_factor,
-            ),
+            # ASHA on opts.decision (acc_val unless --select test), or another arm's (search/arms.py)
+            scheduler=arms.make_scheduler(opts, opts.arm),
             num_samples=opts.num_samples,
             trial_dirname_creator=trial_dirname,  # the default embeds the whole config in the path
         ),
@@ -294,7 +288,7 @@ def make_tuner(opts: Options, trainable, *, searcher, callback, concurrency: int
             callbacks=[callback],
             checkpoint_config=checkpoint_config(),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            progress_reporter=progress_reporter(opts.objectives),
+            progress_reporter=progress_reporter(opts.decision_metrics),
             verbose=1,
         ),
     )
@@ -337,6 +331,7 @@ def run(opts: Options, args: argparse.Namespace, parser: argparse.ArgumentParser
     try:
         search = prepare_search(opts, args, parser)
         parent = open_parent_run(search)
+        search = keep_val(search, parent)
         tuner = make_or_restore_tuner(search, parent)
         results = fit(tuner, search, parent)
         return finish(search, parent, results)
@@ -422,6 +417,72 @@ def open_parent_run(search: Search) -> ParentRun:
     return ParentRun(client, experiment_id, run_id, experiment_dir, resuming)
 
 
+VAL_ARTIFACT = "val_conditions.json"  # on the parent run: the val label sets this search decides on
+
+
+def keep_val(search: Search, parent: ParentRun) -> Search:
+    """The val set saved with the search: a new search logs the one it drew to its parent run; a resumed
+    one reads it back from there, so its later trials are judged on the same label sets as its first
+    (whatever the code that draws them does today)."""
+    from trainers.evaluator.protocol import VAL
+
+    opts, prepared = search.opts, search.prepared
+    drawn, classes = prepared.conditions[VAL], prepared.data.classes
+    saved = _saved_val(parent, classes) if parent.resuming else None
+    if saved is None:
+        _save_val(parent, drawn, classes)
+        saved = drawn
+    elif not (saved.shape == drawn.shape and (saved == drawn).all()):
+        _say("the val set saved with this search differs from today's draw: the saved one is kept")
+    if opts.select == "test":
+        _say(
+            "--select test: ASHA, TPE and the best trial read acc, the test sets' accuracy, so the acc "
+            "reported for the chosen trial is optimistic (chosen on the sets it is reported on)"
+        )
+    _say(
+        f"val set: {len(saved)} label sets (parent run artifact {VAL_ARTIFACT}); decisions read {opts.decision}"
+    )
+    conditions = {**prepared.conditions, VAL: saved}
+    return dataclasses.replace(search, prepared=dataclasses.replace(prepared, conditions=conditions))
+
+
+def _save_val(parent: ParentRun, rows, classes) -> None:
+    """The val rows as label names (test.json's format), with the seed that drew them, on the parent run."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from trainers.data.labels import decode_labels
+    from trainers.evaluator.protocol import VAL_SEED
+
+    named = [decode_labels(row, classes) for row in rows]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / VAL_ARTIFACT
+        path.write_text(json.dumps({"seed": VAL_SEED, "classes": list(classes), "val": named}))
+        parent.client.log_artifact(parent.run_id, str(path))
+
+
+def _saved_val(parent: ParentRun, classes):
+    """The val rows saved on the parent run, (N, C); None when it has none (a search from before val sets)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    from trainers.data.labels import encode_labels
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = parent.client.download_artifacts(parent.run_id, VAL_ARTIFACT, tmp)
+        except (MlflowException, OSError):
+            return None
+        saved = json.loads(Path(path).read_text())
+    where = f"parent run {parent.run_id}: {VAL_ARTIFACT}"
+    return np.stack([encode_labels(row, classes, where=where) for row in saved["val"]])
+
+
 def _parent_tags(search: Search) -> dict[str, str]:
     from search import tracking
 
@@ -443,6 +504,8 @@ def _parent_tags(search: Search) -> dict[str, str]:
         "search.evaluator_acc": str(meta.get("judge_acc")),
         "search.evaluator_acc_source": str(meta.get("judge_acc_source")),
         "search.objectives": ",".join(opts.objectives),
+        "search.select": opts.select,
+        "search.decision_metric": opts.decision,  # what search.promote ranks by unless told otherwise
         "search.budget": opts.budget_name,
         **tracking.code_version(),
     }
@@ -463,6 +526,7 @@ def _parent_params(search: Search) -> dict[str, Any]:
         "size": search.prepared.data.size,
         "presets": ",".join(search.presets) or "none",
         "objectives": ",".join(opts.objectives),
+        "select": opts.select,
     }
 
 
@@ -471,7 +535,7 @@ def make_or_restore_tuner(search: Search, parent: ParentRun):
     search's restored (finished trials kept, the study continues)."""
     from ray import tune
 
-    from search import tracking
+    from search import arms, tracking
     from search.trial import TrialSetup, run_trial
 
     opts, prepared = search.opts, search.prepared
@@ -483,6 +547,7 @@ def make_or_restore_tuner(search: Search, parent: ParentRun):
         seed=opts.seed,
         cpus=opts.cpus_per_trial,
         use_gpu=opts.gpus_per_trial > 0,
+        decision=opts.decision,
     )
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -501,7 +566,7 @@ def make_or_restore_tuner(search: Search, parent: ParentRun):
         presets=search.presets,
         pruned_generator=opts.pruned_generator,  # kept with the callback when a search resumes
     )
-    searcher = make_searcher(opts, search.space, search.presets)
+    searcher = arms.make_searcher(opts, search.space, search.presets, opts.arm)  # make_searcher by default
     return make_tuner(opts, trainable, searcher=searcher, callback=callback, concurrency=search.concurrency)
 
 
@@ -529,12 +594,13 @@ def finish(search: Search, parent: ParentRun, results) -> int:
         client=client,
         parent_run_id=parent.run_id,
         max_epochs=opts.max_epochs,
-        objectives=opts.objectives,
+        objectives=opts.decision_metrics,  # acc_val (and fid) unless --select test
         ceiling=search.prepared.ceiling,
         ceiling_source=search.prepared.ceiling_source,
         presets=search.presets,
         log=_say,
         allow_pruned=opts.allow_pruned,
+        asha=(opts.grace_epochs, opts.reduction_factor),
     )
     if opts.promote and summary.best is not None:
         from search.promote import promote
@@ -542,7 +608,8 @@ def finish(search: Search, parent: ParentRun, results) -> int:
         version = promote(
             client,
             opts.experiment,
-            objectives=opts.objectives,  # acc,fid: from the Pareto front, the rule the summary used
+            metric=opts.decision,
+            objectives=opts.decision_metrics,  # acc,fid: from the Pareto front, the rule the summary used
             allow_pruned=opts.allow_pruned,
             alias="champion",
             model_name=opts.entry.model_name,

@@ -187,6 +187,7 @@ def prepare(opts, log: Callable[[str], None] = print) -> Prepared:
     """Data, evaluator, conditions and ceiling for the options of one search."""
     from trainers.data import conditions_for
     from trainers.data.labels import TEST_SPLITS
+    from trainers.evaluator.protocol import with_val
 
     os.environ.setdefault("CGAN_SEARCH_CACHE", str(opts.home / "cache"))  # packs live in the home too
     scenes = opts.scenes or 1000
@@ -211,4 +212,7 @@ def prepare(opts, log: Callable[[str], None] = print) -> Prepared:
         home=opts.home,
         iclevr=iclevr,
     )
+    # the val set every decision reads (trainers.evaluator.protocol.val_conditions); the driver saves it on
+    # the parent run and a resumed search reads it back from there
+    conditions = with_val(conditions, data.labels)
     return Prepared(data, spec, path, meta, conditions, ceiling, source)

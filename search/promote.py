@@ -87,13 +87,14 @@ def choose(
         return (ranked[0] if ranked else None), f"best final {metric}"
     front = pareto_front(rows, objectives)
     if not front:
-        return None, "Pareto front of acc and fid"
+        return None, f"Pareto front of {objectives[0]} and fid"
+    acc = objectives[0]  # acc_val, or acc with --select test
     bound = min(float(r["fid"]) for r in front) * (1 + fid_slack)
     within = [r for r in front if float(r["fid"]) <= bound]
-    best = min(within, key=lambda r: (-float(r["acc"]), float(r["fid"]), r["trial_id"]))
+    best = min(within, key=lambda r: (-float(r[acc]), float(r["fid"]), r["trial_id"]))
     return (
         best,
-        f"best acc on the Pareto front (acc, fid) with fid <= {bound:.4g} (lowest x {1 + fid_slack:g})",
+        f"best {acc} on the Pareto front ({acc}, fid) with fid <= {bound:.4g} (lowest x {1 + fid_slack:g})",
     )
 
 
@@ -162,6 +163,17 @@ def best_trial_run(
     raise PromoteError(f"no trial to promote with {need} and a checkpoint ({why}){hint}")
 
 
+def decision_metric(client, experiment_id: str) -> str:
+    """What the experiment's search decided on (its parent run's tag), else acc (searches before val sets)."""
+    from search.tracking import ROLE_TAG
+
+    parents = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'search'", max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )  # fmt: skip
+    return parents[0].data.tags.get("search.decision_metric", "acc") if parents else "acc"
+
+
 def _requirements() -> list[str]:
     out = []
     for name in ("torch", "torchvision", "numpy", "pandas", "pyyaml", "mlflow"):
@@ -176,7 +188,7 @@ def promote(
     client,
     experiment: str,
     *,
-    metric: str = "acc",
+    metric: str | None = None,
     objectives: Sequence[str] | None = None,
     fid_slack: float = FID_SLACK,
     allow_pruned: bool = False,
@@ -185,7 +197,9 @@ def promote(
     log: Callable[[str], None] = print,
 ):
     """Log, register and alias the chosen trial's generator (module doc: the rule); returns the ModelVersion.
-    `objectives` ("acc", "fid") chooses from the Pareto front; else the best `metric`."""
+    `objectives` ("acc", "fid") chooses from the Pareto front of (`metric`, fid); else the best `metric`.
+    `metric` None: the one the search decided on (its parent run's search.decision_metric: acc_val, or acc
+    for a --select test search or one from before val sets)."""
     import mlflow
 
     from search.tracking import PARENT_TAG
@@ -193,7 +207,8 @@ def promote(
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise PromoteError(f"no MLflow experiment named {experiment!r} in {client.tracking_uri}")
-    objectives = tuple(objectives) if objectives and len(objectives) > 1 else (metric,)
+    metric = metric or decision_metric(client, exp.experiment_id)
+    objectives = (metric, *objectives[1:]) if objectives and len(objectives) > 1 else (metric,)
     try:
         run, rule = best_trial_run(
             client, exp.experiment_id, objectives=objectives, fid_slack=fid_slack, allow_pruned=allow_pruned
@@ -323,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True, help="the search's MLflow experiment (its --experiment)")
     p.add_argument(
         "--metric",
-        help="one objective: rank by this final metric, e.g. acc_test (default acc; fid: lowest)",
+        help="one objective: rank by this final metric, e.g. acc_test (default: the one the search decided "
+        "on, acc_val, or acc for a --select test search; fid: lowest)",
     )
     p.add_argument(
         "--objectives",
@@ -383,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         version = promote(
             client,
             args.experiment,
-            metric=args.metric or "acc",
+            metric=args.metric,  # None: the search's own decision metric
             objectives=args.objectives,
             fid_slack=args.fid_slack,
             allow_pruned=args.allow_pruned,

@@ -29,13 +29,16 @@ def progress_reporter(objectives: Sequence[str]):
     """Tune's table, every 30 s, with the numbers that matter for this search."""
     from ray import tune
 
-    metrics = {"epoch": "epoch", "acc": "acc", **({"fid": "fid"} if "fid" in objectives else {})}
+    decision = {objectives[0]: objectives[0]}  # acc_val unless --select test
+    metrics = {"epoch": "epoch", **decision, "acc": "acc", **({"fid": "fid"} if "fid" in objectives else {})}
     return tune.CLIReporter(
         metric_columns=metrics,
         parameter_columns=["arch", "loss", "g_cond", "d_cond"],
         max_report_frequency=30,
         max_progress_rows=12,
         sort_by_metric=True,
+        metric=objectives[0],
+        mode="max",
     )
 
 
@@ -52,11 +55,20 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _is_acc_column(key: str) -> bool:
+    return key.startswith("acc_") and not key.endswith("_std")
+
+
 def leaderboard_rows(
-    results, *, max_epochs: int, states: Mapping[str, str], presets: Mapping[str, Mapping[str, Any]]
+    results,
+    *,
+    max_epochs: int,
+    states: Mapping[str, str],
+    presets: Mapping[str, Mapping[str, Any]],
+    sort_by: str = "acc",
 ) -> list[dict[str, Any]]:
-    """One row per trial: id, Optuna state, epochs trained, every acc_*, fid, the config. Best acc first.
-    `summarize` adds `pareto` (on the front or not) in multi-objective searches."""
+    """One row per trial: id, Optuna state, epochs trained, every acc_*, fid, the config. Best `sort_by`
+    (the decision metric) first. `summarize` adds `pareto` (on the front or not) in multi-objective searches."""
     rows = []
     for result in results:
         metrics = dict(result.metrics or {})
@@ -70,10 +82,10 @@ def leaderboard_rows(
             "epochs": int(metrics.get("epoch", 0)),
             "acc": float(metrics.get("acc", math.nan)),
         }
-        row.update(
-            {k: float(v) for k, v in sorted(metrics.items()) if k.startswith("acc_") and k != "acc_std"}
-        )
+        row.update({k: float(v) for k, v in sorted(metrics.items()) if _is_acc_column(k)})
         row["acc_std"] = float(metrics.get("acc_std", math.nan))
+        if "acc_val_std" in metrics:
+            row["acc_val_std"] = float(metrics["acc_val_std"])
         row["fid"] = float(metrics.get("fid", math.nan))
         row["diversity"] = float(metrics.get("diversity", math.nan))
         row["diverged"] = bool(metrics.get("diverged", 0))
@@ -81,14 +93,21 @@ def leaderboard_rows(
         row["config"] = json.dumps(config, sort_keys=True)
         row["_config"] = config
         rows.append(row)
-    rows.sort(key=lambda r: (-(r["acc"] if not math.isnan(r["acc"]) else -1.0), r["trial_id"]))
+
+    def rank(r: Mapping[str, Any]) -> float:
+        value = float(r.get(sort_by, math.nan))
+        return -value if not math.isnan(value) else 1.0
+
+    rows.sort(key=lambda r: (rank(r), r["trial_id"]))
     return rows
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], *, top: int = TOP) -> str:
-    acc_cols = sorted({k for r in rows for k in r if k.startswith("acc_") and k != "acc_std"})
+def format_table(rows: Sequence[Mapping[str, Any]], *, top: int = TOP, decision: str = "acc") -> str:
+    """The leaderboard's first rows: the decision metric first, then acc (the test sets' mean) and each set."""
+    acc_cols = sorted({k for r in rows for k in r if _is_acc_column(k)} - {decision})
     pareto = ["pareto"] if any("pareto" in r for r in rows) else []
-    cols = ["#", "trial_id", "state", "epochs", "acc", *acc_cols, "fid", *pareto]
+    first = [decision] if decision != "acc" else []
+    cols = ["#", "trial_id", "state", "epochs", *first, "acc", *acc_cols, "fid", *pareto]
     params = [p for p in SHOWN_PARAMS if any(p in r["_config"] for r in rows)]
     header = cols + params
     lines = [header]
@@ -239,29 +258,35 @@ def summarize(
     log: Callable[[str], None],
     allow_pruned: bool = False,
     fid_slack: float = FID_SLACK,
+    asha: tuple[int, int] | None = None,
 ) -> Summary:
-    """Leaderboard printed and logged, plots and study logged, best (promotion's rule) vs. ceiling printed."""
+    """Leaderboard printed and logged, plots and study logged, best (promotion's rule) vs. ceiling printed.
+    `objectives` are result keys, the decision metric first (acc_val, or acc with --select test); with
+    `asha` (grace, reduction factor) ASHA's own check (search/rungs.py) is printed and logged too."""
     study, trial_numbers = load_study_and_trials(results.experiment_path)
     states = {}
     if study is not None:
         by_number = {t.number: t for t in study.trials}
         states = {tid: by_number[n].state.name for tid, n in trial_numbers.items() if n in by_number}
-    rows = leaderboard_rows(results, max_epochs=max_epochs, states=states, presets=presets)
+    rows = leaderboard_rows(
+        results, max_epochs=max_epochs, states=states, presets=presets, sort_by=objectives[0]
+    )
     multi = len(objectives) > 1
     if multi:
         front = pareto_trials(study, trial_numbers, rows, objectives)
         for row in rows:
             row["pareto"] = row["trial_id"] in front
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    counts["diverged"] = sum(r["diverged"] for r in rows)
-    log(
-        f"{len(rows)} trials: {counts['COMPLETE']} complete ({counts['diverged']} diverged), "
-        f"{counts['PRUNED']} pruned by ASHA, {counts['FAIL']} failed"
-    )
-    print(format_table(rows), flush=True)
+    counts = _counts(rows, log)
+    print(format_table(rows, decision=objectives[0]), flush=True)
+    checked = None
+    if asha is not None:
+        checked = rung_check(rows, client=client, parent_run_id=parent_run_id, max_epochs=max_epochs,
+                             asha=asha, metric=objectives[0], log=log)  # fmt: skip
     candidates = eligible(rows, allow_pruned=allow_pruned, max_epochs=max_epochs)
     best, rule = choose(candidates, objectives=objectives, fid_slack=fid_slack)
-    _log_files(client, parent_run_id, rows, study=study, best=best, objectives=objectives, log=log)
+    _log_files(
+        client, parent_run_id, rows, study=study, best=best, objectives=objectives, log=log, checked=checked
+    )
     metrics = _parent_metrics(counts, rows, best=best, ceiling=ceiling, multi=multi)
     if best is not None:
         client.set_tag(parent_run_id, "search.best_trial_id", best["trial_id"])
@@ -269,25 +294,49 @@ def summarize(
     for key, value in metrics.items():
         if not math.isnan(value):
             client.log_metric(parent_run_id, key, value)
-    _say_best(
-        best,
-        rule,
-        rows,
-        ceiling=ceiling,
-        ceiling_source=ceiling_source,
-        multi=multi,
-        max_epochs=max_epochs,
-        allow_pruned=allow_pruned,
-        log=log,
-    )
+    _say_best(best, rule, rows, ceiling=ceiling, ceiling_source=ceiling_source, multi=multi,
+              max_epochs=max_epochs, allow_pruned=allow_pruned, log=log, decision=objectives[0])  # fmt: skip
     return Summary(rows=rows, best=best, counts=counts)
 
 
-def _log_files(client, parent_run_id: str, rows, *, study, best, objectives, log) -> None:
-    """leaderboard.csv, pareto.png (several objectives), and the study with its plots, on the parent run."""
+def _counts(rows, log) -> dict[str, int]:
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    counts["diverged"] = sum(r["diverged"] for r in rows)
+    log(
+        f"{len(rows)} trials: {counts['COMPLETE']} complete ({counts['diverged']} diverged), "
+        f"{counts['PRUNED']} pruned by ASHA, {counts['FAIL']} failed"
+    )
+    return counts
+
+
+def rung_check(rows, *, client, parent_run_id: str, max_epochs: int, asha: tuple[int, int], metric: str, log):
+    """search/rungs.py's check of this search, its line printed; each cut trial's row gets cut_epoch,
+    cut_gap (cut-off minus its score) and cut_noise (that evaluation's std over draws)."""
+    from search import rungs
+
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    curves = rungs.from_mlflow(client, parent_run_id, experiment_id, metric=metric)
+    ended = {r["trial_id"] for r in rows if r["diverged"] or r["state"] == "FAIL"}
+    grace, rf = asha
+    checked = rungs.check(curves, max_epochs=max_epochs, grace=grace, rf=rf, ended=ended, metric=metric)
+    by_id = {r["trial_id"]: r for r in rows}
+    for cut in checked.cuts:
+        if cut.trial_id in by_id:
+            by_id[cut.trial_id].update(cut_epoch=cut.epoch, cut_gap=cut.gap, cut_noise=cut.std)
+    log(checked.line())
+    return checked
+
+
+def _log_files(client, parent_run_id: str, rows, *, study, best, objectives, log, checked=None) -> None:
+    """leaderboard.csv, ASHA's check (rung_check.json/.png), pareto.png (several objectives), and the study
+    with its plots, on the parent run."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         client.log_artifact(parent_run_id, str(write_csv(rows, folder / "leaderboard.csv")))
+        if checked is not None:
+            from search import rungs
+
+            rungs.log(client, parent_run_id, checked, folder)
         if len(objectives) > 1 and pareto_plot(rows, folder / "pareto.png", chosen=best) is not None:
             client.log_artifact(parent_run_id, str(folder / "pareto.png"))
         if study is not None:
@@ -315,15 +364,30 @@ def _parent_metrics(counts, rows, *, best, ceiling, multi: bool) -> dict[str, fl
     return metrics
 
 
-def _say_best(best, rule, rows, *, ceiling, ceiling_source, multi, max_epochs, allow_pruned, log) -> None:
+def _say_best(
+    best, rule, rows, *, ceiling, ceiling_source, multi, max_epochs, allow_pruned, log, decision="acc"
+) -> None:
     """The best trial (promotion's rule) against the ceiling, or why there is none."""
     if best is not None:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("acc") and k != "acc_std")
+        shown = ", ".join(
+            f"{k} {v:.4f}" for k, v in best.items() if k.startswith("acc") and not k.endswith("_std")
+        )
         shown += f", fid {best['fid']:.4g}" if multi else ""
         ceil = ", ".join(f"{k} {v:.4f}" for k, v in ceiling.items())
         scope = "any trial that did not diverge" if allow_pruned else f"trials that ran {max_epochs} epochs"
         log(f"best trial {best['trial_id']} ({rule}, among {scope}): {shown}")
         log(f"ceiling ({ceiling_source}): {ceil}")
+        if decision == "acc":
+            log(
+                "--select test: chosen on acc, the sets it is reported on, so its acc is optimistic"
+                + (
+                    f" (acc_val {best['acc_val']:.4f} was not read by any decision)"
+                    if "acc_val" in best
+                    else ""
+                )
+            )
+        else:
+            log(f"chosen on {decision}: its acc (the test sets' mean) was read by no decision")
     elif any(not math.isnan(r["acc"]) and r["state"] == "PRUNED" for r in rows):
         log(
             f"no trial ran {max_epochs} epochs without diverging: nothing to call best or promote "

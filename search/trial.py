@@ -25,7 +25,7 @@ import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"  # the latest full trainer checkpoint: what a retry resumes from
 GENERATOR_NAME = "generator.pt"  # the best evaluation's generator file (trainers.checkpoint.generator_state)
-REPORT_NAME = "report.json"  # epoch and step of that checkpoint, epoch and acc of that generator
+REPORT_NAME = "report.json"  # epoch and step of that checkpoint, epoch and decision metric of that generator
 GRIDS_DIR = "grids"
 
 
@@ -40,6 +40,7 @@ class TrialSetup:
     seed: int
     cpus: float
     use_gpu: bool
+    decision: str = "acc"  # the metric that picks the kept generator: the search's --select (acc_val)
 
 
 def _restore(scratch: Path) -> tuple[Path | None, dict[str, Any]]:
@@ -105,7 +106,7 @@ def scratch_folder(experiment: str, trial_id: str) -> Iterator[Path]:
         atexit.unregister(remove)  # a reused actor runs the next trial: no stale handler
 
 
-def _report(ev, *, scratch: Path, last: dict[str, Any]) -> None:
+def _report(ev, *, scratch: Path, last: dict[str, Any], decision: str) -> None:
     """One evaluation -> one Tune result with a checkpoint: the latest trainer checkpoint (for a retry), the
     best evaluation's generator so far (no D, no optimizer state) and the sample grids. `last` carries the
     epoch and the best evaluation from one report to the next.
@@ -123,9 +124,9 @@ def _report(ev, *, scratch: Path, last: dict[str, Any]) -> None:
     node = ray.get_runtime_context().get_node_id()
     metrics = {**ev.metrics, "epoch": ev.epoch, "step": ev.step, "diverged": 0, "node_id": node}
     generator = scratch / GENERATOR_NAME
-    if (scratch / "best.pt").is_file():  # train() writes best.pt exactly when acc improved
+    if (scratch / "best.pt").is_file():  # train() writes best.pt exactly when `decision` improved
         save_generator(scratch / "best.pt", generator)
-        last.update(best_epoch=ev.epoch, best_acc=metrics.get("acc"))
+        last.update(best_epoch=ev.epoch, best_acc=metrics.get(decision))
     with tempfile.TemporaryDirectory(dir=scratch, prefix="report-") as tmp:
         folder = Path(tmp)
         _link_or_copy(Path(ev.checkpoint), folder / CHECKPOINT_NAME)
@@ -182,11 +183,12 @@ def run_trial(config: dict[str, Any], *, data, setup: TrialSetup) -> None:
                 evaluator=evaluator,
                 conditions=setup.conditions,
                 resume=resume,
-                callback=functools.partial(_report, scratch=scratch, last=last),
+                callback=functools.partial(_report, scratch=scratch, last=last, decision=setup.decision),
                 eval_every=1,
                 device=device,
                 seed=setup.seed,
                 progress=False,
+                select=setup.decision,
             )
         except Diverged as err:
             _report_diverged(setup, last, err.step)

@@ -207,10 +207,12 @@ def train(
     device: str | torch.device | None = None,
     seed: int = 0,
     progress: bool = True,
+    select: str = "acc",
 ) -> dict[str, Any]:
     """Train `config` on `data` (ImageSet or DeviceData) up to `epochs` epochs in total.
 
-    Evaluates (metrics, grids, `out_dir/last.pt`, and `out_dir/best.pt` when acc improves) every
+    Evaluates (metrics, grids, `out_dir/last.pt`, and `out_dir/best.pt` when the `select` metric improves:
+    a search passes acc_val, so the kept generator is not chosen on the reported test accuracy) every
     `eval_every` epochs and after the last, then calls `callback`. With `resume`, continues from that
     checkpoint (same config required) and gives the same weights as an uninterrupted run.
     Raises Diverged on a non-finite loss. Returns {"epoch", "step", "metrics", "best_acc", "checkpoint",
@@ -265,8 +267,8 @@ def train(
             continue
         metrics = {**losses, **clock, **harness.metrics()}
         grids = harness.grids(out_dir, epoch)
-        improved = metrics.get("acc", -math.inf) > best_acc
-        best_acc = max(best_acc, metrics.get("acc", -math.inf))
+        improved = metrics.get(select, -math.inf) > best_acc
+        best_acc = max(best_acc, metrics.get(select, -math.inf))
         state = make_checkpoint(gan, epoch=epoch, data_generator=sampler, data_info=info, metrics=metrics)
         state["best_acc"] = best_acc
         save_checkpoint(state, last)
