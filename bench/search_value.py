@@ -1,0 +1,451 @@
+"""Does the search earn its compute? Five arms through the same driver, at equal total trial-epochs, per seed:
+
+    nice -n 19 python bench/search_value.py --dataset digits --seeds 0 1
+
+(a) `tpe-asha`, this search (TPE + ASHA, stopped trials told PRUNED: search/optuna_bridge.py);
+(b) `stock-asha`, Ray's stock OptunaSearch with the same sampler + ASHA (it tells COMPLETE for stopped trials);
+(c) `random-asha`, random search + ASHA;
+(d) `preset`, each preset the space can express (search/driver.fitting_presets) trained alone, one trial for
+    the trial-epochs (a) spent; "the best preset" is the one whose lone run ends with the best acc_val (so
+    the presets get that choice for free: a person trying them all would pay for each);
+(e) `tpe-fifo`, this search without early stopping: trials of `max_epochs` each, as many as (a)'s trial-epochs
+    buy (so fewer trials).
+
+(a)-(c) run the entry's budget (the same number of trials, grace and reduction factor), so they spend about
+the same trial-epochs but not exactly (ASHA's cuts depend on what the trials score); (a)'s figure is the one
+(d) and (e) are given, and every arm's own spend is reported. A trial-epoch is one epoch of one trial (one
+result row: every trial is evaluated once per epoch). An arm's champion is chosen as promotion chooses
+(search/promote.py): among trials that ran max_epochs without diverging, the best final decision accuracy
+(`acc_val`, the validation conditions; `acc` before those existed); its test accuracy is reported beside it.
+Writes the raw figures (JSON) and a plot of best-so-far accuracy against trial-epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SEARCH_ARMS = ("tpe-asha", "stock-asha", "random-asha")  # run first: (a)'s spend sizes the other two
+ALL_ARMS = (*SEARCH_ARMS, "preset", "tpe-fifo")
+VAL_KEYS = ("acc_val", "acc")  # the decision accuracy: the first present in a result
+TEST_KEYS = ("acc_test", "acc")  # the reported test accuracy
+
+
+def read_trials(experiment_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """{trial id: its result rows in order} from Tune's trial folders (result.json, one JSON line each; the
+    driver names them trial_<id>, Tune's default names differ); a trial with no result yet is left out."""
+    trials = {}
+    for path in sorted(Path(experiment_dir).glob("*/result.json")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            trials[rows[0]["trial_id"]] = rows
+    return trials
+
+
+def trial_epochs(trials: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+    """Compute spent: one result row per trained epoch (a retried epoch counts again: it was trained again)."""
+    return sum(len(rows) for rows in trials.values())
+
+
+def _first(row: Mapping[str, Any], keys: Sequence[str]) -> float:
+    key = next((k for k in keys if k in row), None)
+    return float(row[key]) if key is not None else math.nan
+
+
+def _eligible(rows: Sequence[Mapping[str, Any]], max_epochs: int) -> bool:
+    """Promotion's rule (search/promote.finished): ran max_epochs, did not diverge."""
+    return bool(rows) and rows[-1].get("epoch", 0) >= max_epochs and not rows[-1].get("diverged")
+
+
+def champion(trials: Mapping[str, Sequence[Mapping[str, Any]]], *, max_epochs: int) -> dict[str, Any] | None:
+    """The eligible trial with the best final decision accuracy (ties: lower trial id), with its figures."""
+    finals = [rows[-1] for rows in trials.values() if _eligible(rows, max_epochs)]
+    finals = [r for r in finals if math.isfinite(_first(r, VAL_KEYS))]
+    if not finals:
+        return None
+    best = min(finals, key=lambda r: (-_first(r, VAL_KEYS), r["trial_id"]))
+    accs = {k: float(v) for k, v in best.items() if k.startswith("acc") and isinstance(v, int | float)}
+    config = best.get("config", {})
+    return {"trial_id": best["trial_id"], "epochs": best["epoch"], "acc_val": _first(best, VAL_KEYS),
+            "acc_test": _first(best, TEST_KEYS), **{f"final_{k}": v for k, v in accs.items()},
+            "config": config}  # fmt: skip
+
+
+def _in_order(trials: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[Mapping[str, Any]]:
+    """Every result row in the order the search produced them (Tune's timestamp, then the epoch)."""
+    rows = [row for rows in trials.values() for row in rows]
+    return sorted(rows, key=lambda r: (r.get("timestamp", 0), r.get("time_total_s", 0), r.get("epoch", 0)))
+
+
+def best_so_far(
+    trials: Mapping[str, Sequence[Mapping[str, Any]]], *, max_epochs: int
+) -> list[tuple[int, float, float]]:
+    """(trial-epochs spent, best final decision accuracy so far, test accuracy of that trial): one point
+    each time a trial finishes eligible, i.e. what the search would hand over if stopped there."""
+    finals = {tid: rows[-1] for tid, rows in trials.items() if _eligible(rows, max_epochs)}
+    curve, spent, best = [], 0, None
+    for row in _in_order(trials):
+        spent += 1
+        if finals.get(row["trial_id"]) is row:
+            if best is None or _first(row, VAL_KEYS) > _first(best, VAL_KEYS):
+                best = row
+            curve.append((spent, _first(best, VAL_KEYS), _first(best, TEST_KEYS)))
+    return curve
+
+
+def per_epoch(trials: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[tuple[int, float, float]]:
+    """A lone trial (the preset arm): (epochs, decision accuracy, test accuracy) at every evaluation."""
+    return [(i, _first(r, VAL_KEYS), _first(r, TEST_KEYS)) for i, r in enumerate(_in_order(trials), 1)]
+
+
+class CpuMeter:
+    """CPU-seconds of this process and every descendant (the Ray workers that run the trials), read from
+    /proc every `every` seconds: a process's last figure before it ends counts, so each loses < `every` s."""
+
+    def __init__(self, every: float = 2.0):
+        import threading
+
+        self._seen: dict[int, float] = {}
+        self._every, self._stop = every, threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _cpu(pid: int) -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def sample(self) -> None:
+        from infra.processes import children_of
+
+        for pid in (os.getpid(), *children_of(os.getpid())):
+            if (cpu := self._cpu(pid)) is not None:
+                self._seen[pid] = max(cpu, self._seen.get(pid, 0.0))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            self.sample()
+
+    def __enter__(self) -> CpuMeter:
+        self.sample()
+        self._start = sum(self._seen.values())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        self.seconds = sum(self._seen.values()) - self._start
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One bench run: the entry and its budget for every arm, the seeds, where runs are kept."""
+
+    dataset: str
+    entry: Any  # search.budget.EntryDefaults
+    budget: Any  # search.budget.Budget: space, size, trials, epochs, grace, rf of arms (a)-(c)
+    seeds: tuple[int, ...]
+    arms: tuple[str, ...]
+    presets: tuple[str, ...]  # arm (d): each trained alone
+    out: Path  # Tune storage and the MLflow store of every arm
+    extra: tuple[str, ...]  # driver flags for every arm (--evaluator, --max-concurrent)
+    stamp: str
+
+
+def _budget_flags(plan: Plan, *, trials: int, epochs: int, presets: str = "none") -> list[str]:
+    b = plan.budget
+    return ["--space", str(b.space), "--size", str(b.size), "--num-samples", str(trials),
+            "--max-epochs", str(epochs), "--grace-epochs", str(min(b.grace_epochs, epochs)),
+            "--reduction-factor", str(b.reduction_factor), "--presets", presets]  # fmt: skip
+
+
+def driver_call(plan: Plan, arm: str, seed: int, spend: int, preset: str = "") -> tuple[str, list[str]]:
+    """(the driver's arm, its argv) for one arm and seed; `spend` is (a)'s trial-epochs for this seed."""
+    name = f"{arm}-{preset}" if preset else arm
+    b = plan.budget
+    argv = ["--storage", str(plan.out / "ray_results"), "--tracking-uri", f"sqlite:///{plan.out / 'mlflow.db'}",
+            "--experiment", f"sv-{plan.dataset}-{plan.stamp}-{name}-s{seed}", "--seed", str(seed), *plan.extra]  # fmt: skip
+    if arm in SEARCH_ARMS:
+        return arm, argv + _budget_flags(plan, trials=b.num_samples, epochs=b.max_epochs)
+    if arm == "tpe-fifo":  # as many full-length trials as (a)'s trial-epochs buy
+        return arm, argv + _budget_flags(
+            plan, trials=max(1, round(spend / b.max_epochs)), epochs=b.max_epochs
+        )
+    # the preset alone: one trial, enqueued first by the same searcher, trained for all of (a)'s trial-epochs
+    return "tpe-fifo", argv + _budget_flags(plan, trials=1, epochs=spend, presets=preset)
+
+
+def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], None], preset: str = ""):
+    """One arm, one seed, through search/driver.py's main; its figures read back from Tune's folders."""
+    from search.driver import main
+
+    driver_arm, argv = driver_call(plan, arm, seed, spend, preset)
+    log(f"{arm} seed {seed}: search/driver.main(arm={driver_arm!r}) {' '.join(argv)}")
+    load, start = os.getloadavg(), time.monotonic()
+    with CpuMeter() as cpu:
+        code = main(plan.entry, argv, arm=driver_arm)
+    if code == 130:
+        raise KeyboardInterrupt
+    epochs = int(argv[argv.index("--max-epochs") + 1])
+    trials = read_trials(plan.out / "ray_results" / argv[argv.index("--experiment") + 1])
+    curve = per_epoch(trials) if arm == "preset" else best_so_far(trials, max_epochs=epochs)
+    record = {"arm": arm, "preset": preset, "seed": seed, "exit": code, "argv": argv, "max_epochs": epochs,
+              "trials": len(trials), "finished": sum(_eligible(r, epochs) for r in trials.values()),
+              "trial_epochs": trial_epochs(trials), "champion": champion(trials, max_epochs=epochs),
+              "curve": curve, "cpu_s": round(cpu.seconds, 1), "wall_s": round(time.monotonic() - start, 1),
+              "load_before": load, "load_after": os.getloadavg()}  # fmt: skip
+    log(_one_line(record))
+    return record
+
+
+def _one_line(r: Mapping[str, Any]) -> str:
+    c = r["champion"] or {}
+    return (
+        f"{r['arm']} {r['preset']} seed {r['seed']}: exit {r['exit']}, {r['trials']} trials ({r['finished']} ran "
+        f"{r['max_epochs']} epochs), {r['trial_epochs']} trial-epochs, champion {c.get('trial_id', '-')} "
+        f"acc_val {c.get('acc_val', math.nan):.4f} acc_test {c.get('acc_test', math.nan):.4f}, "
+        f"{r['cpu_s']:.0f} CPU-s, {r['wall_s']:.0f} s wall"
+    )
+
+
+def run_plan(plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every arm of every seed, (a) first: its trial-epochs are what (d) and (e) get."""
+    records = []
+    for seed in plan.seeds:
+        spend = None
+        for arm in sorted(plan.arms, key=ALL_ARMS.index):
+            if arm in ("preset", "tpe-fifo") and spend is None:
+                raise ValueError(f"arm {arm} needs tpe-asha in --arms: its trial-epochs size this arm")
+            for preset in plan.presets if arm == "preset" else ("",):
+                records.append(run_arm(plan, arm, seed, spend or 0, log, preset))
+            if arm == "tpe-asha":
+                spend = records[-1]["trial_epochs"]
+    return records
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _champ(records, arm: str, seed: int, key: str) -> float:
+    """The arm's champion's figure for one seed; for the presets, that of the best one's (by acc_val)."""
+    mine = [r["champion"] for r in records if r["arm"] == arm and r["seed"] == seed and r["champion"]]
+    best = max(mine, key=lambda c: c["acc_val"], default=None)
+    return float(best.get(key, math.nan)) if best else math.nan
+
+
+def goals(records: Sequence[Mapping[str, Any]], plan: Plan) -> dict[str, Any]:
+    """The issue's two goals, per seed and on average: (a) over (d) in acc_test; (a) against (e) in
+    acc_val next to one evaluation's own noise, and (a)'s trial-epochs against the full-budget search of
+    the same trials (every trial to max_epochs)."""
+    seeds, out = plan.seeds, {}
+    if {"tpe-asha", "preset"} <= set(plan.arms):
+        gap = [
+            _champ(records, "tpe-asha", s, "acc_test") - _champ(records, "preset", s, "acc_test")
+            for s in seeds
+        ]
+        out["search_minus_preset_acc_test"] = {"per_seed": gap, "mean": _mean(gap), "goal": 0.05,
+                                               "met": _mean(gap) >= 0.05}  # fmt: skip
+    if {"tpe-asha", "tpe-fifo"} <= set(plan.arms):
+        diff = [
+            _champ(records, "tpe-asha", s, "acc_val") - _champ(records, "tpe-fifo", s, "acc_val")
+            for s in seeds
+        ]
+        noise = [
+            max(_champ(records, a, s, "final_acc_val_std") for a in ("tpe-asha", "tpe-fifo")) for s in seeds
+        ]
+        out["asha_minus_fifo_acc_val"] = {"per_seed": diff, "noise_per_seed": noise, "mean": _mean(diff)}
+    full = plan.budget.num_samples * plan.budget.max_epochs
+    spent = [r["trial_epochs"] for r in records if r["arm"] == "tpe-asha"]
+    out["asha_fraction_of_full_budget"] = {"full": full, "spent": spent, "fraction": _mean(spent) / full}
+    return out
+
+
+def table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: one row per arm and seed, then each arm's mean."""
+    head = "| arm | seed | trials (ran max) | trial-epochs | champion acc_val | champion acc_test | CPU-s |\n"
+    lines = [head + "|---|---|---|---|---|---|---|"]
+    for arm in ALL_ARMS:
+        rows = [r for r in records if r["arm"] == arm]
+        for r in rows:
+            c = r["champion"] or {}
+            lines.append(f"| {arm} {r['preset']} | {r['seed']} | {r['trials']} ({r['finished']}) | {r['trial_epochs']} | "
+                         f"{c.get('acc_val', math.nan):.4f} | {c.get('acc_test', math.nan):.4f} | {r['cpu_s']:.0f} |")  # fmt: skip
+        if len(rows) > 1:
+            val = _mean([(r["champion"] or {}).get("acc_val", math.nan) for r in rows])
+            test = _mean([(r["champion"] or {}).get("acc_test", math.nan) for r in rows])
+            spend = _mean([r["trial_epochs"] for r in rows])
+            lines.append(f"| **{arm}** | mean | | {spend:.1f} | **{val:.4f}** | **{test:.4f}** | |")
+    return "\n".join(lines)
+
+
+COLORS = {"tpe-asha": "tab:red", "stock-asha": "tab:orange", "random-asha": "tab:gray",
+          "preset": "tab:blue", "tpe-fifo": "tab:green"}  # fmt: skip
+
+
+def plot(records: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
+    """Best-so-far decision accuracy (left) and the test accuracy of that trial (right) against trial-epochs;
+    one line per arm and seed; the preset arm is its one trial's accuracy at every epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
+    styles = ("-", "--", ":", "-.")
+    seeds = sorted({r["seed"] for r in records})
+    for r in records:
+        if not r["curve"]:
+            continue
+        x, val, test = zip(*r["curve"], strict=True)
+        label = r["arm"] if r["seed"] == seeds[0] else None
+        kw = {"color": COLORS[r["arm"]], "linestyle": styles[seeds.index(r["seed"]) % 4], "where": "post"}
+        axes[0].step(x, val, label=label, **kw)
+        axes[1].step(x, test, **kw)
+    for ax, name in zip(axes, ("best-so-far acc_val (decision)", "acc_test of that trial"), strict=True):
+        ax.set_xlabel("trial-epochs spent")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(
+        fontsize=8, title=f"seeds {', '.join(map(str, seeds))}: " + " / ".join(styles[: len(seeds)])
+    )
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def build_parser():
+    from trainers.cli import OneLineParser, int_at_least, positive_int
+
+    p = OneLineParser(prog="python bench/search_value.py", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--dataset", choices=("digits", "clevr"), required=True, help="search/digits.py or search/clevr.py"
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1], help="each seeds TPE and every trial of every arm"
+    )
+    p.add_argument("--arms", nargs="+", choices=ALL_ARMS, default=list(ALL_ARMS), help="arms to run")
+    p.add_argument(
+        "--presets", nargs="+", help="arm (d)'s presets (default: every preset the space can express)"
+    )
+    for name in ("num_samples", "max_epochs", "grace_epochs", "size"):
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=positive_int, help="default: the entry's cpu budget"
+        )
+    p.add_argument("--reduction-factor", type=int_at_least(2), help="default: the entry's cpu budget")
+    p.add_argument("--space", help="default: the entry's cpu budget")
+    p.add_argument(
+        "--scenes", type=positive_int, help="clevr: synthetic scenes to render (default: the cpu budget)"
+    )
+    p.add_argument("--data", help="the driver's --data (default: the entry's: digits, or synthetic i-CLEVR)")
+    p.add_argument("--evaluator", help="a judge checkpoint for every arm (default: the driver's cached fit)")
+    p.add_argument("--evaluator-floor", type=float, help="default: the entry's cpu budget")
+    p.add_argument("--max-concurrent", type=positive_int, help="trials at once (default: what the CPUs hold)")
+    p.add_argument(
+        "--home", type=Path, help="search home for cached data and judges (default: $CGAN_SEARCH_HOME)"
+    )
+    p.add_argument(
+        "--out", type=Path, help="Tune storage + MLflow store of the arms (default: HOME/search-value)"
+    )
+    p.add_argument("--results", type=Path, help="default: bench/results/search_value-DATASET.json")
+    p.add_argument("--plot", type=Path, help="default: docs/search-value-DATASET.png")
+    return p
+
+
+def fitting_preset_names(space: str | Path) -> list[str]:
+    """The presets the space can express: the ones the driver would run (search/driver.fitting_presets)."""
+    from search.driver import fitting_presets
+    from search.options import _space_path
+    from spaces import load_space
+    from trainers.config import preset_names
+
+    return list(fitting_presets(load_space(_space_path(str(space))), tuple(preset_names()))[0])
+
+
+def make_plan(args, parser) -> Plan:
+    from search.options import default_home
+    from trainers.config import preset_names
+
+    if args.home:
+        os.environ["CGAN_SEARCH_HOME"] = str(args.home.expanduser().resolve())
+    if args.dataset == "digits":
+        from search.digits import DIGITS as entry
+    else:
+        from search.clevr import CLEVR as entry
+    overrides = {k: getattr(args, k) for k in ("num_samples", "max_epochs", "grace_epochs", "reduction_factor",
+                                              "size", "space", "scenes", "evaluator_floor") if getattr(args, k) is not None}  # fmt: skip
+    budget = dataclasses.replace(entry.cpu, **overrides)
+    entry = dataclasses.replace(entry, cpu=budget)  # scenes and the floor are not driver flags
+    presets = tuple(args.presets or fitting_preset_names(budget.space))
+    if bad := [p for p in presets if p not in preset_names()]:
+        parser.error(f"--presets {bad[0]}: not a preset ({', '.join(preset_names())})")
+    extra = ["--evaluator", args.evaluator] if args.evaluator else []
+    extra += ["--data", args.data] if args.data else []
+    extra += ["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []
+    out = (args.out or default_home() / "search-value").expanduser().resolve()
+    return Plan(dataset=args.dataset, entry=entry, budget=budget, seeds=tuple(args.seeds), arms=tuple(args.arms),
+                presets=presets, out=out, extra=tuple(extra), stamp=time.strftime("%Y%m%d-%H%M%S"))  # fmt: skip
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def bench(args, parser) -> int:
+    plan = make_plan(args, parser)
+    say = lambda text: print(f"[search-value] {text}", flush=True)  # noqa: E731
+    started, load = time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.getloadavg()
+    records = run_plan(plan, say)
+    b = plan.budget
+    title = (f"{plan.dataset}, {b.size}x{b.size}, space {Path(str(b.space)).name}: {b.num_samples} trials <= "
+             f"{b.max_epochs} epochs, ASHA grace {b.grace_epochs} rf {b.reduction_factor}; presets {', '.join(plan.presets)}; {started}")  # fmt: skip
+    report = {"started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+              "command": " ".join(sys.argv), "load_start": load, "load_end": os.getloadavg(), "title": title,
+              "budget": {k: str(v) for k, v in dataclasses.asdict(b).items()}, "presets": plan.presets,
+              "records": records, "goals": goals(records, plan)}  # fmt: skip
+    results = args.results or ROOT / "bench" / "results" / f"search_value-{plan.dataset}.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(report, indent=1, default=str))
+    say(
+        f"figures: {results}; plot: {plot(records, args.plot or ROOT / 'docs' / f'search-value-{plan.dataset}.png', title=title)}"
+    )
+    print(table(records), flush=True)
+    print(json.dumps(report["goals"], indent=1, default=str), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainers.cli import run_command
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_command(lambda: bench(args, parser), (ValueError,), prog=parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

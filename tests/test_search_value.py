@@ -1,0 +1,159 @@
+"""The arms of bench/search_value.py are what they claim, on real Ray Tune and Optuna at toy sizes (a trainable
+that reports a made-up accuracy per epoch, no GAN): ours tells Optuna PRUNED for a trial ASHA stopped, Ray's
+stock OptunaSearch tells COMPLETE, random search samples with Optuna's RandomSampler, FIFO stops none; and the
+bench's trial-epoch accounting and champion rule on hand-made results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from bench import search_value
+from search import arms
+from tests.test_search_support import ROOT
+
+TOY = {"num_samples": 5, "max_epochs": 3, "grace_epochs": 1, "reduction_factor": 2}
+
+
+def toy_opts(seed: int = 0) -> SimpleNamespace:
+    # the fields of search.options.Options the builders read: decisions on acc_val, as the driver's default
+    decision = {"decision": "acc_val", "decision_metrics": ("acc_val",)}
+    return SimpleNamespace(seed=seed, objectives=("acc",), modes=("max",), **decision, **TOY)
+
+
+def _toy_trial(config):
+    """acc rises with the epoch, at a rate set by lr_g: trials differ, so ASHA has something to cut."""
+    from ray import tune
+
+    rate = config["lr_g"] * 1000
+    for epoch in range(1, TOY["max_epochs"] + 1):
+        tune.report({"epoch": epoch, "acc": rate * epoch, "acc_val": rate * epoch})
+
+
+def arms_through_tune(storage: str) -> None:
+    """Run in a fresh process (RAY_AUTH_MODE must be set before ray is imported): every arm once, one trial
+    at a time, through Tuner + ConcurrencyLimiter; prints one JSON line per arm."""
+    import ray
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.optuna_bridge import load_study_and_trials
+    from spaces import load_space
+
+    space = load_space(ROOT / "spaces" / "smoke.yaml")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        for name in arms.ARMS:
+            opts = toy_opts()
+            searcher = arms.make_searcher(opts, space, {}, name)
+            tune.Tuner(
+                _toy_trial,
+                tune_config=tune.TuneConfig(
+                    search_alg=ConcurrencyLimiter(searcher, 1),
+                    scheduler=arms.make_scheduler(opts, name),
+                    num_samples=opts.num_samples,
+                ),
+                run_config=tune.RunConfig(storage_path=storage, name=name, verbose=0),
+            ).fit()
+            study, numbers = load_study_and_trials(f"{storage}/{name}")
+            states = {t.number: t.state.name for t in study.trials}
+            trials = search_value.read_trials(f"{storage}/{name}")
+            epochs = {tid: len(rows) for tid, rows in trials.items()}
+            told = {tid: states[numbers[tid]] for tid in trials}
+            sampler = type(study.sampler).__name__
+            print(json.dumps({"arm": name, "epochs": epochs, "told": told, "sampler": sampler}))
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("arms")
+    code = f"from tests.test_search_value import arms_through_tune; arms_through_tune({str(storage)!r})"
+    # token auth as the driver sets it; loopback only (search/driver.py LOOPBACK_ONLY_ENV)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    # its own session: if it overruns, its Ray processes go with it (killed by their group id, not by name)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    out = SimpleNamespace(stdout=stdout)
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"arm"')]
+    return {line["arm"]: line for line in lines}
+
+
+def _stopped(arm: dict) -> list[str]:
+    return [tid for tid, n in arm["epochs"].items() if n < TOY["max_epochs"]]
+
+
+@pytest.mark.slow
+def test_asha_arms_stop_trials_and_fifo_stops_none(ran):
+    assert set(ran) == set(arms.ARMS)
+    for name in ("tpe-asha", "stock-asha", "random-asha"):
+        assert len(ran[name]["epochs"]) == TOY["num_samples"] and _stopped(ran[name]), name
+    assert not _stopped(ran["tpe-fifo"]) and len(ran["tpe-fifo"]["epochs"]) == TOY["num_samples"]
+
+
+@pytest.mark.slow
+def test_ours_tells_pruned_and_stock_tells_complete_for_a_stopped_trial(ran):
+    for name in ("tpe-asha", "random-asha"):
+        assert {ran[name]["told"][t] for t in _stopped(ran[name])} == {"PRUNED"}, name
+    assert {ran["stock-asha"]["told"][t] for t in _stopped(ran["stock-asha"])} == {"COMPLETE"}
+    for arm in ran.values():  # a trial that ran max_epochs is COMPLETE in every arm
+        full = [t for t, n in arm["epochs"].items() if n == TOY["max_epochs"]]
+        assert full and {arm["told"][t] for t in full} == {"COMPLETE"}
+
+
+@pytest.mark.slow
+def test_each_arm_samples_with_its_own_sampler(ran):
+    assert ran["random-asha"]["sampler"] == "RandomSampler"
+    for name in ("tpe-asha", "stock-asha", "tpe-fifo"):
+        assert ran[name]["sampler"] == "TPESampler", name
+
+
+def test_unknown_arm_is_refused_with_the_names():
+    with pytest.raises(ValueError, match="tpe-asha"):
+        arms.lookup("grid")
+
+
+def _row(tid: str, epoch: int, t: float, val: float, test: float, **extra) -> dict:
+    return {"trial_id": tid, "epoch": epoch, "time_total_s": t, "timestamp": t, "acc_val": val,
+            "acc_test": test, "acc": test, **extra}  # fmt: skip
+
+
+HAND = {
+    # a: full run, best val at the end; b: stopped after 1 epoch with a high val (not eligible);
+    # c: full run, lower val but higher test (the champion is chosen on val, not test)
+    "a": [_row("a", 1, 1, 0.2, 0.3), _row("a", 2, 3, 0.5, 0.4)],
+    "b": [_row("b", 1, 2, 0.9, 0.9)],
+    "c": [_row("c", 1, 4, 0.1, 0.1), _row("c", 2, 5, 0.4, 0.6)],
+}
+
+
+def test_trial_epochs_count_every_reported_epoch():
+    assert search_value.trial_epochs(HAND) == 5
+
+
+def test_champion_is_the_best_val_among_trials_that_ran_max_epochs():
+    champ = search_value.champion(HAND, max_epochs=2)
+    assert champ["trial_id"] == "a" and champ["acc_test"] == 0.4
+
+
+def test_best_so_far_curve_follows_completion_order_and_eligible_trials():
+    curve = search_value.best_so_far(HAND, max_epochs=2)
+    # (trial-epochs spent, best final acc_val so far, acc_test of that trial), one point per finished trial
+    assert curve == [(3, 0.5, 0.4), (5, 0.5, 0.4)]
