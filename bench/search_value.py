@@ -5,9 +5,10 @@
 (a) `tpe-asha`, this search (TPE + ASHA, stopped trials told PRUNED: search/optuna_bridge.py);
 (b) `stock-asha`, Ray's stock OptunaSearch with the same sampler + ASHA (it tells COMPLETE for stopped trials);
 (c) `random-asha`, random search + ASHA;
-(d) `preset`, each preset the space can express (search/driver.fitting_presets) trained alone, one trial for
-    the trial-epochs (a) spent; "the best preset" is the one whose lone run ends with the best acc_val (so
-    the presets get that choice for free: a person trying them all would pay for each);
+(d) `preset`, each preset the space can express (search/driver.fitting_presets) trained alone for the
+    trial-epochs (a) spent (one run of the driver, one trial per preset, side by side); "the best preset" is
+    the one that ends with the best acc_val (the presets get that choice for free: a person trying each
+    would pay for every one);
 (e) `tpe-fifo`, this search without early stopping: trials of `max_epochs` each, as many as (a)'s trial-epochs
     buy (so fewer trials).
 
@@ -28,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,20 @@ def best_so_far(
     return curve
 
 
+def finals(trials: Mapping[str, Sequence[Mapping[str, Any]]], presets: Sequence[str]) -> list[dict[str, Any]]:
+    """Each trial's last result in brief (epochs, acc_val, acc_test), named by its preset where it runs one."""
+    from trainers.config import TrainConfig, load_preset
+
+    named = {name: load_preset(name) for name in presets}
+    out = []
+    for tid, rows in trials.items():
+        config = TrainConfig.from_dict(rows[-1]["config"]) if presets else None
+        name = next((n for n, c in named.items() if c == config), "")
+        out.append({"trial_id": tid, "preset": name, "epochs": rows[-1].get("epoch"),
+                    "acc_val": _first(rows[-1], VAL_KEYS), "acc_test": _first(rows[-1], TEST_KEYS)})  # fmt: skip
+    return out
+
+
 def per_epoch(trials: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[tuple[int, float, float]]:
     """A lone trial (the preset arm): (epochs, decision accuracy, test accuracy) at every evaluation."""
     return [(i, _first(r, VAL_KEYS), _first(r, TEST_KEYS)) for i, r in enumerate(_in_order(trials), 1)]
@@ -154,7 +169,7 @@ class Plan:
     """One bench run: the entry and its budget for every arm, the seeds, where runs are kept."""
 
     dataset: str
-    entry: Any  # search.budget.EntryDefaults
+    overrides: dict[str, Any]  # cpu budget fields of the entry that are no driver flags (scenes, floor)
     budget: Any  # search.budget.Budget: space, size, trials, epochs, grace, rf of arms (a)-(c)
     seeds: tuple[int, ...]
     arms: tuple[str, ...]
@@ -171,39 +186,48 @@ def _budget_flags(plan: Plan, *, trials: int, epochs: int, presets: str = "none"
             "--reduction-factor", str(b.reduction_factor), "--presets", presets]  # fmt: skip
 
 
-def driver_call(plan: Plan, arm: str, seed: int, spend: int, preset: str = "") -> tuple[str, list[str]]:
+def driver_call(plan: Plan, arm: str, seed: int, spend: int) -> tuple[str, list[str]]:
     """(the driver's arm, its argv) for one arm and seed; `spend` is (a)'s trial-epochs for this seed."""
-    name = f"{arm}-{preset}" if preset else arm
     b = plan.budget
     argv = ["--storage", str(plan.out / "ray_results"), "--tracking-uri", f"sqlite:///{plan.out / 'mlflow.db'}",
-            "--experiment", f"sv-{plan.dataset}-{plan.stamp}-{name}-s{seed}", "--seed", str(seed), *plan.extra]  # fmt: skip
+            "--experiment", f"sv-{plan.dataset}-{plan.stamp}-{arm}-s{seed}", "--seed", str(seed), *plan.extra]  # fmt: skip
     if arm in SEARCH_ARMS:
         return arm, argv + _budget_flags(plan, trials=b.num_samples, epochs=b.max_epochs)
     if arm == "tpe-fifo":  # as many full-length trials as (a)'s trial-epochs buy
         return arm, argv + _budget_flags(
             plan, trials=max(1, round(spend / b.max_epochs)), epochs=b.max_epochs
         )
-    # the preset alone: one trial, enqueued first by the same searcher, trained for all of (a)'s trial-epochs
-    return "tpe-fifo", argv + _budget_flags(plan, trials=1, epochs=spend, presets=preset)
+    # each preset alone: one trial each, enqueued first by the same searcher, each for all of (a)'s trial-epochs
+    trials, presets = len(plan.presets), ",".join(plan.presets)
+    return "tpe-fifo", argv + _budget_flags(plan, trials=trials, epochs=spend, presets=presets)
 
 
-def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], None], preset: str = ""):
-    """One arm, one seed, through search/driver.py's main; its figures read back from Tune's folders."""
-    from search.driver import main
+def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """One arm, one seed, through search/driver.py's main in a process of its own (a fresh Ray: a second
+    ray.init in one process timed out here under load); its figures read back from Tune's folders."""
+    import subprocess
 
-    driver_arm, argv = driver_call(plan, arm, seed, spend, preset)
+    driver_arm, argv = driver_call(plan, arm, seed, spend)
     log(f"{arm} seed {seed}: search/driver.main(arm={driver_arm!r}) {' '.join(argv)}")
     load, start = os.getloadavg(), time.monotonic()
+    script = (
+        "import sys; from bench.search_value import child; "
+        f"sys.exit(child({plan.dataset!r}, {plan.overrides!r}, {driver_arm!r}, sys.argv[1:]))"
+    )
     with CpuMeter() as cpu:
-        code = main(plan.entry, argv, arm=driver_arm)
+        code = subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT).returncode
     if code == 130:
         raise KeyboardInterrupt
     epochs = int(argv[argv.index("--max-epochs") + 1])
     trials = read_trials(plan.out / "ray_results" / argv[argv.index("--experiment") + 1])
-    curve = per_epoch(trials) if arm == "preset" else best_so_far(trials, max_epochs=epochs)
-    record = {"arm": arm, "preset": preset, "seed": seed, "exit": code, "argv": argv, "max_epochs": epochs,
+    champ = champion(trials, max_epochs=epochs)
+    if arm == "preset":  # the best preset's own curve; every preset's final figures beside it
+        curve = per_epoch({k: v for k, v in trials.items() if champ and k == champ["trial_id"]})
+    else:
+        curve = best_so_far(trials, max_epochs=epochs)
+    record = {"arm": arm, "seed": seed, "finals": finals(trials, plan.presets if arm == "preset" else ()), "exit": code, "argv": argv, "max_epochs": epochs,
               "trials": len(trials), "finished": sum(_eligible(r, epochs) for r in trials.values()),
-              "trial_epochs": trial_epochs(trials), "champion": champion(trials, max_epochs=epochs),
+              "trial_epochs": trial_epochs(trials), "champion": champ,
               "curve": curve, "cpu_s": round(cpu.seconds, 1), "wall_s": round(time.monotonic() - start, 1),
               "load_before": load, "load_after": os.getloadavg()}  # fmt: skip
     log(_one_line(record))
@@ -213,26 +237,23 @@ def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], No
 def _one_line(r: Mapping[str, Any]) -> str:
     c = r["champion"] or {}
     return (
-        f"{r['arm']} {r['preset']} seed {r['seed']}: exit {r['exit']}, {r['trials']} trials ({r['finished']} ran "
+        f"{r['arm']} seed {r['seed']}: exit {r['exit']}, {r['trials']} trials ({r['finished']} ran "
         f"{r['max_epochs']} epochs), {r['trial_epochs']} trial-epochs, champion {c.get('trial_id', '-')} "
         f"acc_val {c.get('acc_val', math.nan):.4f} acc_test {c.get('acc_test', math.nan):.4f}, "
         f"{r['cpu_s']:.0f} CPU-s, {r['wall_s']:.0f} s wall"
     )
 
 
-def run_plan(plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every arm of every seed, (a) first: its trial-epochs are what (d) and (e) get."""
-    records = []
+def run_plan(plan: Plan, log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """Every arm of every seed, (a) first: its trial-epochs are what (d) and (e) get. Yields each record."""
+    if {"preset", "tpe-fifo"} & set(plan.arms) and "tpe-asha" not in plan.arms:
+        raise ValueError("arms preset and tpe-fifo need tpe-asha in --arms: its trial-epochs size them")
     for seed in plan.seeds:
-        spend = None
+        spend = 0
         for arm in sorted(plan.arms, key=ALL_ARMS.index):
-            if arm in ("preset", "tpe-fifo") and spend is None:
-                raise ValueError(f"arm {arm} needs tpe-asha in --arms: its trial-epochs size this arm")
-            for preset in plan.presets if arm == "preset" else ("",):
-                records.append(run_arm(plan, arm, seed, spend or 0, log, preset))
-            if arm == "tpe-asha":
-                spend = records[-1]["trial_epochs"]
-    return records
+            record = run_arm(plan, arm, seed, spend, log)
+            spend = record["trial_epochs"] if arm == "tpe-asha" else spend
+            yield record
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -276,19 +297,21 @@ def goals(records: Sequence[Mapping[str, Any]], plan: Plan) -> dict[str, Any]:
 
 def table(records: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: one row per arm and seed, then each arm's mean."""
-    head = "| arm | seed | trials (ran max) | trial-epochs | champion acc_val | champion acc_test | CPU-s |\n"
-    lines = [head + "|---|---|---|---|---|---|---|"]
+    head = "| arm | seed | trials (ran max) | trial-epochs | champion | acc_val | acc_test | CPU-s |\n"
+    lines = [head + "|---|---|---|---|---|---|---|---|"]
     for arm in ALL_ARMS:
         rows = [r for r in records if r["arm"] == arm]
         for r in rows:
             c = r["champion"] or {}
-            lines.append(f"| {arm} {r['preset']} | {r['seed']} | {r['trials']} ({r['finished']}) | {r['trial_epochs']} | "
+            who = next((f["preset"] for f in r["finals"] if f["trial_id"] == c.get("trial_id")), "")
+            who = f"{c.get('trial_id', '-')}{f' ({who})' if who else ''}"
+            lines.append(f"| {arm} | {r['seed']} | {r['trials']} ({r['finished']}) | {r['trial_epochs']} | {who} | "
                          f"{c.get('acc_val', math.nan):.4f} | {c.get('acc_test', math.nan):.4f} | {r['cpu_s']:.0f} |")  # fmt: skip
         if len(rows) > 1:
             val = _mean([(r["champion"] or {}).get("acc_val", math.nan) for r in rows])
             test = _mean([(r["champion"] or {}).get("acc_test", math.nan) for r in rows])
             spend = _mean([r["trial_epochs"] for r in rows])
-            lines.append(f"| **{arm}** | mean | | {spend:.1f} | **{val:.4f}** | **{test:.4f}** | |")
+            lines.append(f"| **{arm}** | mean | | {spend:.1f} | | **{val:.4f}** | **{test:.4f}** | |")
     return "\n".join(lines)
 
 
@@ -364,6 +387,9 @@ def build_parser():
         "--out", type=Path, help="Tune storage + MLflow store of the arms (default: HOME/search-value)"
     )
     p.add_argument("--results", type=Path, help="default: bench/results/search_value-DATASET.json")
+    p.add_argument(
+        "--from-results", action="store_true", help="only remake the table and plot from --results"
+    )
     p.add_argument("--plot", type=Path, help="default: docs/search-value-DATASET.png")
     return p
 
@@ -378,29 +404,49 @@ def fitting_preset_names(space: str | Path) -> list[str]:
     return list(fitting_presets(load_space(_space_path(str(space))), tuple(preset_names()))[0])
 
 
-def make_plan(args, parser) -> Plan:
-    from search.options import default_home
-    from trainers.config import preset_names
-
-    if args.home:
-        os.environ["CGAN_SEARCH_HOME"] = str(args.home.expanduser().resolve())
-    if args.dataset == "digits":
+def entry_for(dataset: str, overrides: Mapping[str, Any]):
+    """The entry's defaults, its cpu budget with `overrides` (fields the driver has no flag for)."""
+    if dataset == "digits":
         from search.digits import DIGITS as entry
     else:
         from search.clevr import CLEVR as entry
-    overrides = {k: getattr(args, k) for k in ("num_samples", "max_epochs", "grace_epochs", "reduction_factor",
-                                              "size", "space", "scenes", "evaluator_floor") if getattr(args, k) is not None}  # fmt: skip
-    budget = dataclasses.replace(entry.cpu, **overrides)
-    entry = dataclasses.replace(entry, cpu=budget)  # scenes and the floor are not driver flags
+    return dataclasses.replace(entry, cpu=dataclasses.replace(entry.cpu, **overrides))
+
+
+def child(dataset: str, overrides: Mapping[str, Any], arm: str, argv: list[str]) -> int:
+    """One arm's driver run (what run_arm starts in a process of its own)."""
+    from search.driver import main
+
+    return main(entry_for(dataset, overrides), argv, arm=arm)
+
+
+def make_plan(args, parser) -> Plan:
+    from search.options import default_home
+
+    if args.home:
+        os.environ["CGAN_SEARCH_HOME"] = str(args.home.expanduser().resolve())
+    flags = ("num_samples", "max_epochs", "grace_epochs", "reduction_factor", "size", "space")
+    given = {
+        k: getattr(args, k) for k in (*flags, "scenes", "evaluator_floor") if getattr(args, k) is not None
+    }
+    overrides = {k: v for k, v in given.items() if k not in flags}
+    budget = dataclasses.replace(entry_for(args.dataset, overrides).cpu, **given)
     presets = tuple(args.presets or fitting_preset_names(budget.space))
-    if bad := [p for p in presets if p not in preset_names()]:
-        parser.error(f"--presets {bad[0]}: not a preset ({', '.join(preset_names())})")
+    if bad := [p for p in presets if p not in _preset_names()]:
+        parser.error(f"--presets {bad[0]}: not a preset ({', '.join(_preset_names())})")
     extra = ["--evaluator", args.evaluator] if args.evaluator else []
     extra += ["--data", args.data] if args.data else []
     extra += ["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []
     out = (args.out or default_home() / "search-value").expanduser().resolve()
-    return Plan(dataset=args.dataset, entry=entry, budget=budget, seeds=tuple(args.seeds), arms=tuple(args.arms),
-                presets=presets, out=out, extra=tuple(extra), stamp=time.strftime("%Y%m%d-%H%M%S"))  # fmt: skip
+    return Plan(dataset=args.dataset, overrides=overrides, budget=budget, seeds=tuple(args.seeds),
+                arms=tuple(args.arms), presets=presets, out=out, extra=tuple(extra),
+                stamp=time.strftime("%Y%m%d-%H%M%S"))  # fmt: skip
+
+
+def _preset_names() -> list[str]:
+    from trainers.config import preset_names
+
+    return list(preset_names())
 
 
 def machine() -> dict[str, Any]:
@@ -416,26 +462,38 @@ def machine() -> dict[str, Any]:
     }
 
 
-def bench(args, parser) -> int:
-    plan = make_plan(args, parser)
-    say = lambda text: print(f"[search-value] {text}", flush=True)  # noqa: E731
-    started, load = time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.getloadavg()
-    records = run_plan(plan, say)
+def report(plan: Plan, records: list[dict[str, Any]], started: str, load) -> dict[str, Any]:
     b = plan.budget
     title = (f"{plan.dataset}, {b.size}x{b.size}, space {Path(str(b.space)).name}: {b.num_samples} trials <= "
-             f"{b.max_epochs} epochs, ASHA grace {b.grace_epochs} rf {b.reduction_factor}; presets {', '.join(plan.presets)}; {started}")  # fmt: skip
-    report = {"started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-              "command": " ".join(sys.argv), "load_start": load, "load_end": os.getloadavg(), "title": title,
-              "budget": {k: str(v) for k, v in dataclasses.asdict(b).items()}, "presets": plan.presets,
-              "records": records, "goals": goals(records, plan)}  # fmt: skip
+             f"{b.max_epochs} epochs, ASHA grace {b.grace_epochs} rf {b.reduction_factor}; presets "
+             f"{', '.join(plan.presets)}; {started}")  # fmt: skip
+    return {"started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+            "command": " ".join(sys.argv), "load_start": load, "load_end": os.getloadavg(), "title": title,
+            "budget": {k: str(v) for k, v in dataclasses.asdict(b).items()}, "presets": plan.presets,
+            "seeds": plan.seeds, "arms": plan.arms, "records": records, "goals": goals(records, plan)}  # fmt: skip
+
+
+def bench(args, parser) -> int:
+    """Run the plan, writing the JSON after every arm (a stopped bench keeps what ran); then the table and
+    the plot. With --from-results, only the table and plot, from a JSON an earlier run wrote."""
+    say = lambda text: print(f"[search-value] {text}", flush=True)  # noqa: E731
+    plan = make_plan(args, parser)
     results = args.results or ROOT / "bench" / "results" / f"search_value-{plan.dataset}.json"
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(report, indent=1, default=str))
-    say(
-        f"figures: {results}; plot: {plot(records, args.plot or ROOT / 'docs' / f'search-value-{plan.dataset}.png', title=title)}"
-    )
+    if args.from_results:
+        saved = json.loads(results.read_text())
+        records, title = saved["records"], saved["title"]
+    else:
+        started, load, records = time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.getloadavg(), []
+        results.parent.mkdir(parents=True, exist_ok=True)
+        for record in run_plan(plan, say):
+            records.append(record)
+            saved = report(plan, records, started, load)
+            results.write_text(json.dumps(saved, indent=1, default=str))
+        title = saved["title"]
+    path = plot(records, args.plot or ROOT / "docs" / f"search-value-{plan.dataset}.png", title=title)
+    say(f"figures: {results}; plot: {path}")
     print(table(records), flush=True)
-    print(json.dumps(report["goals"], indent=1, default=str), flush=True)
+    print(json.dumps(goals(records, plan), indent=1, default=str), flush=True)
     return 0
 
 
