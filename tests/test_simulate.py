@@ -1,0 +1,90 @@
+"""bench/simulate.py decides as Ray Tune's schedulers do: its ASHA against Ray's own AsyncHyperBandScheduler
+run for real on the same curves, and a median-stopping case small enough to check by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.simulate import Asha, Curves, Median, champion, run_search
+
+
+def _curves(values: np.ndarray) -> Curves:
+    """(C, E) accuracies -> a one-seed table whose decision and report metrics are both these values."""
+    c, e = values.shape
+    table = values[:, None, :].astype(float)
+    return Curves(tuple(f"c{i}" for i in range(c)), table, table, np.full((c, 1), e))
+
+
+def _replay(config) -> None:
+    from ray import tune
+
+    for epoch, value in enumerate(config["curves"][config["i"]], 1):
+        tune.report({"epoch": epoch, "acc": float(value)})
+
+
+def _ray_asha_epochs(tmp_path, values: np.ndarray, *, grace: int, rf: int) -> list[int]:
+    """Epochs each trial ran under Ray's ASHA: trials in index order, one at a time (deterministic)."""
+    from ray import tune
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    tuner = tune.Tuner(
+        _replay,
+        param_space={"i": tune.grid_search(list(range(len(values)))), "curves": values.tolist()},
+        tune_config=tune.TuneConfig(
+            scheduler=AsyncHyperBandScheduler(
+                time_attr="epoch",
+                metric="acc",
+                mode="max",
+                max_t=values.shape[1],
+                grace_period=grace,
+                reduction_factor=rf,
+            ),
+            max_concurrent_trials=1,
+            reuse_actors=True,  # one worker replays every trial: seconds, not an actor start per trial
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name=f"asha-g{grace}-rf{rf}", verbose=0),
+    )
+    results = tuner.fit()
+    epochs = {r.config["i"]: int(r.metrics["epoch"]) for r in results}
+    return [epochs[i] for i in range(len(values))]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow  # a real Ray session and two Tune runs: ~20 s of CPU, minutes under load
+@pytest.mark.parametrize(("grace", "rf"), [(1, 2), (2, 3)])
+def test_asha_port_stops_the_trials_ray_stops(ray_session, tmp_path, grace, rf):
+    values = np.round(np.random.default_rng(7).uniform(0.0, 1.0, size=(12, 9)), 3)
+    values[:, 1:] = np.maximum.accumulate(values, axis=1)[:, 1:] * 0.5 + values[:, 1:] * 0.5  # curve-like
+    ray_epochs = _ray_asha_epochs(tmp_path, values, grace=grace, rf=rf)
+    curves = _curves(values)
+    order = [(i, 0) for i in range(len(values))]
+    out = run_search(
+        curves, order, Asha(grace=grace, rf=rf, max_t=9), concurrency=1, rng=np.random.default_rng(0)
+    )
+    ours = [out["reached"][t][0] for t in range(len(values))]
+    assert ours == ray_epochs
+    assert min(ours) < 9 < max(ours) + 1  # the case cuts some trials and lets others finish
+    assert out["epochs"] == sum(ray_epochs)
+
+
+def test_median_stopping_by_hand():
+    # three trials run alone first (fewer than 3 others: no decision), then the fourth is judged at epoch 2
+    # against the running means over epochs 2..2 of the others (0.5, 0.6, 0.7: median 0.6); its best so far
+    # is 0.55 < 0.6, so it stops there. The fifth's best at epoch 2 is 0.65: it continues to the end.
+    values = np.array([[0.1, 0.5, 0.6], [0.2, 0.6, 0.7], [0.3, 0.7, 0.8], [0.4, 0.55, 0.9], [0.1, 0.65, 0.2]])
+    curves = _curves(values)
+    order = [(i, 0) for i in range(5)]
+    out = run_search(curves, order, Median(grace=2), concurrency=1, rng=np.random.default_rng(0))
+    assert [out["reached"][t][0] for t in range(5)] == [3, 3, 3, 2, 3]
+    assert out["epochs"] == 14
+    # the champion: the best final decision value among trials that ran every epoch (c2, 0.8; c3 was stopped)
+    assert champion(curves, order, out["reached"]) == 2
