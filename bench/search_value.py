@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,13 +122,13 @@ def per_epoch(trials: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[tuple[i
 
 
 class CpuMeter:
-    """CPU-seconds of this process and every descendant (the Ray workers that run the trials), read from
+    """CPU-seconds of process `root` and every descendant (the Ray workers that run the trials), read from
     /proc every `every` seconds: a process's last figure before it ends counts, so each loses < `every` s."""
 
-    def __init__(self, every: float = 2.0):
+    def __init__(self, root: int, every: float = 2.0):
         import threading
 
-        self._seen: dict[int, float] = {}
+        self._root, self._seen = root, {}
         self._every, self._stop = every, threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -143,7 +143,7 @@ class CpuMeter:
     def sample(self) -> None:
         from infra.processes import children_of
 
-        for pid in (os.getpid(), *children_of(os.getpid())):
+        for pid in (self._root, *children_of(self._root)):
             if (cpu := self._cpu(pid)) is not None:
                 self._seen[pid] = max(cpu, self._seen.get(pid, 0.0))
 
@@ -214,8 +214,9 @@ def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], No
         "import sys; from bench.search_value import child; "
         f"sys.exit(child({plan.dataset!r}, {plan.overrides!r}, {driver_arm!r}, sys.argv[1:]))"
     )
-    with CpuMeter() as cpu:
-        code = subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT).returncode
+    proc = subprocess.Popen([sys.executable, "-c", script, *argv], cwd=ROOT)
+    with CpuMeter(proc.pid) as cpu:
+        code = proc.wait()
     if code == 130:
         raise KeyboardInterrupt
     epochs = int(argv[argv.index("--max-epochs") + 1])
@@ -244,16 +245,28 @@ def _one_line(r: Mapping[str, Any]) -> str:
     )
 
 
-def run_plan(plan: Plan, log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
-    """Every arm of every seed, (a) first: its trial-epochs are what (d) and (e) get. Yields each record."""
+def run_seed(plan: Plan, seed: int, log: Callable[[str], None], done: Callable[[dict], None]) -> None:
+    """Every arm of one seed, (a) first: its trial-epochs are what (d) and (e) get."""
+    spend = 0
+    for arm in sorted(plan.arms, key=ALL_ARMS.index):
+        record = run_arm(plan, arm, seed, spend, log)
+        spend = record["trial_epochs"] if arm == "tpe-asha" else spend
+        done(record)
+
+
+def run_plan(plan: Plan, log: Callable[[str], None], done: Callable[[dict], None], *, parallel: bool) -> None:
+    """Every seed in turn, or side by side (one thread per seed, each running its arms in turn)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     if {"preset", "tpe-fifo"} & set(plan.arms) and "tpe-asha" not in plan.arms:
         raise ValueError("arms preset and tpe-fifo need tpe-asha in --arms: its trial-epochs size them")
-    for seed in plan.seeds:
-        spend = 0
-        for arm in sorted(plan.arms, key=ALL_ARMS.index):
-            record = run_arm(plan, arm, seed, spend, log)
-            spend = record["trial_epochs"] if arm == "tpe-asha" else spend
-            yield record
+    if not parallel:
+        for seed in plan.seeds:
+            run_seed(plan, seed, log, done)
+        return
+    with ThreadPoolExecutor(len(plan.seeds)) as pool:
+        for future in [pool.submit(run_seed, plan, seed, log, done) for seed in plan.seeds]:
+            future.result()
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -387,6 +400,10 @@ def build_parser():
         "--out", type=Path, help="Tune storage + MLflow store of the arms (default: HOME/search-value)"
     )
     p.add_argument("--results", type=Path, help="default: bench/results/search_value-DATASET.json")
+    p.add_argument("--parallel-seeds", action="store_true", help="run the seeds side by side (arms in turn)")
+    p.add_argument(
+        "--stamp", help="experiment names' time stamp: an earlier run's resumes its unfinished arms"
+    )
     p.add_argument(
         "--from-results", action="store_true", help="only remake the table and plot from --results"
     )
@@ -440,7 +457,7 @@ def make_plan(args, parser) -> Plan:
     out = (args.out or default_home() / "search-value").expanduser().resolve()
     return Plan(dataset=args.dataset, overrides=overrides, budget=budget, seeds=tuple(args.seeds),
                 arms=tuple(args.arms), presets=presets, out=out, extra=tuple(extra),
-                stamp=time.strftime("%Y%m%d-%H%M%S"))  # fmt: skip
+                stamp=args.stamp or time.strftime("%Y%m%d-%H%M%S"))  # fmt: skip
 
 
 def _preset_names() -> list[str]:
@@ -483,13 +500,23 @@ def bench(args, parser) -> int:
         saved = json.loads(results.read_text())
         records, title = saved["records"], saved["title"]
     else:
-        started, load, records = time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.getloadavg(), []
+        import threading
+
+        started, load, records, lock = (
+            time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            os.getloadavg(),
+            [],
+            threading.Lock(),
+        )
         results.parent.mkdir(parents=True, exist_ok=True)
-        for record in run_plan(plan, say):
-            records.append(record)
-            saved = report(plan, records, started, load)
-            results.write_text(json.dumps(saved, indent=1, default=str))
-        title = saved["title"]
+
+        def done(record: dict) -> None:
+            with lock:
+                records.append(record)
+                results.write_text(json.dumps(report(plan, records, started, load), indent=1, default=str))
+
+        run_plan(plan, say, done, parallel=args.parallel_seeds)
+        title = report(plan, records, started, load)["title"]
     path = plot(records, args.plot or ROOT / "docs" / f"search-value-{plan.dataset}.png", title=title)
     say(f"figures: {results}; plot: {path}")
     print(table(records), flush=True)
