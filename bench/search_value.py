@@ -249,6 +249,9 @@ def run_seed(plan: Plan, seed: int, log: Callable[[str], None], done: Callable[[
     """Every arm of one seed, (a) first: its trial-epochs are what (d) and (e) get."""
     spend = 0
     for arm in sorted(plan.arms, key=ALL_ARMS.index):
+        if arm in ("preset", "tpe-fifo") and not spend:
+            log(f"{arm} seed {seed}: skipped (tpe-asha spent no trial-epochs: nothing to match)")
+            continue
         record = run_arm(plan, arm, seed, spend, log)
         spend = record["trial_epochs"] if arm == "tpe-asha" else spend
         done(record)
