@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,9 @@ from trainers.data.render import (
 from trainers.data.scene import load_scene, save_scene, to_json
 
 SHEET_SCENES = 6
+# A sphere's disc in rings of r / R (R: the radius of its silhouette at 320x240), for the shading profile.
+RING_EDGES = np.linspace(0.0, 1.0, 6)
+RING_MIDS = (RING_EDGES[:-1] + RING_EDGES[1:]) / 2
 
 
 def timed(fn, *args, **kwargs):
@@ -172,6 +176,142 @@ def paired_gap_ci(fast: dict, blender: dict, *, draws: int = 2000) -> list[float
     return [round(float(v), 4) for v in np.percentile(gaps, [2.5, 97.5])]
 
 
+def breakdown(scores: dict, labels: np.ndarray, classes: list[str]) -> dict:
+    """Where each engine's images lose accuracy, on the same images: accuracy by object count, the classes
+    missed most often (label misses per 100 of that class's labels), and for Blender the confusions
+    (true class missed -> class ranked in its place, images with one miss) on images whose fast render
+    of the same scene prefix had no miss."""
+    import torch
+
+    k = labels.sum(1).astype(int)
+    missed: dict = {}
+    out: dict = {"acc_by_objects": {}, "miss_per_100_labels": {}}
+    for name, s in scores.items():
+        top = torch.argsort(torch.as_tensor(s), dim=1, descending=True, stable=True)
+        rows = []
+        for i in range(len(k)):
+            pred = set(top[i, : k[i]].tolist())
+            true = set(np.flatnonzero(labels[i]).tolist())
+            rows.append((sorted(true - pred), sorted(pred - true)))
+        missed[name] = rows
+        lost = np.array([len(m) for m, _ in rows])
+        out["acc_by_objects"][name] = {
+            int(kk): round(1 - lost[k == kk].sum() / (kk * (k == kk).sum()), 4)
+            for kk in sorted(set(k.tolist()))
+        }
+        per_class = np.zeros(len(classes))
+        for m, _ in rows:
+            per_class[m] += 1
+        rate = 100 * per_class / np.maximum(labels.sum(0), 1)
+        out["miss_per_100_labels"][name] = {
+            classes[c]: round(float(rate[c]), 1) for c in np.argsort(-rate, kind="stable")[:8]
+        }
+    pairs: dict[str, int] = {}
+    for (m_fast, _), (m, w) in zip(missed["fast"], missed["blender"], strict=True):
+        if not m_fast and len(m) == 1:
+            key = f"{classes[m[0]]} -> {classes[w[0]]}"
+            pairs[key] = pairs.get(key, 0) + 1
+    out["blender_only_confusions"] = dict(sorted(pairs.items(), key=lambda kv: -kv[1])[:12])
+    out["blender_only_miss_images"] = sum(
+        1 for (a, _), (b, _) in zip(missed["fast"], missed["blender"], strict=True) if b and not a
+    )
+    out["fast_only_miss_images"] = sum(
+        1 for (a, _), (b, _) in zip(missed["fast"], missed["blender"], strict=True) if a and not b
+    )
+    return out
+
+
+def sphere_rings(scene, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Image _k's visible spheres at 320x240: (their visible pixels, every pixel's r / R from the centre of
+    the sphere's unoccluded silhouette, clipped to 1). Spheres under 5 pixels are left out."""
+    from trainers.data.raycast import object_id_buffer
+
+    prefix = scene.prefix(k + 1)
+    ids = object_id_buffer(prefix, size=(320, 240))
+    yy, xx = np.mgrid[:240, :320]
+    out = []
+    for j, o in enumerate(prefix.objects):
+        visible = ids == j
+        if o.shape != "sphere" or visible.sum() < 5:
+            continue
+        alone = object_id_buffer(replace(prefix, objects=(o,)), size=(320, 240)) == 0
+        ys, xs = np.nonzero(alone)
+        r = np.hypot(yy - ys.mean(), xx - xs.mean()) / np.sqrt(alone.sum() / np.pi)
+        out.append((visible, np.minimum(r, 1.0)))
+    return out
+
+
+def grey(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float64)
+
+
+def sphere_profile(scene_files: list[Path], fast: Path, blender: Path) -> dict:
+    """The rubber sphere's shading from centre to limb, by each engine: mean grey level (8-bit, mean of
+    R, G, B) per ring of r / R over the one-object images (_0) showing a sphere, and Blender / fast."""
+    sums = {"fast": np.zeros(len(RING_MIDS)), "blender": np.zeros(len(RING_MIDS))}
+    n = 0
+    for p in scene_files:
+        scene = load_scene(p)
+        rings = sphere_rings(scene, 0)
+        if not rings:
+            continue
+        visible, r = rings[0]
+        ring = np.digitize(r, RING_EDGES[1:-1])
+        for name, folder in (("fast", fast), ("blender", blender)):
+            level = grey(folder / "images" / f"{p.stem}_0.png").mean(2)
+            sums[name] += [level[visible & (ring == i)].mean() for i in range(len(RING_MIDS))]
+        n += 1
+    ratio = sums["blender"] / sums["fast"]
+    return {
+        "images": n,
+        "rings_r_over_R": [f"{a:.1f}-{b:.1f}" for a, b in zip(RING_EDGES[:-1], RING_EDGES[1:], strict=True)],
+        "fast": [round(float(v), 1) for v in sums["fast"] / n],
+        "blender": [round(float(v), 1) for v in sums["blender"] / n],
+        "blender_over_fast": [round(float(v), 3) for v in ratio],
+    }
+
+
+def profile_swap(ev, scene_files: list[Path], fast: Path, blender: Path, ratio: list[float]) -> dict:
+    """Does the sphere's shading profile explain the gap? The judge's accuracy on these scenes' images with
+    `ratio` (Blender / fast per ring) divided out of every visible sphere's pixels in Blender's renders, and
+    multiplied into the fast renders' (interpolated in r / R; then read at 64x64 as every folder is)."""
+    from trainers.evaluator import as_model_input, topk_accuracy
+
+    gain = np.asarray(ratio)
+    images = {
+        name: [] for name in ("fast", "blender", "fast_with_blender_profile", "blender_with_fast_profile")
+    }
+    labels = []
+    classes = json.loads((fast / "objects.json").read_text())
+    for p in scene_files:
+        scene = load_scene(p)
+        for k in range(3):
+            onehot = np.zeros(len(classes), dtype=np.float32)
+            onehot[[classes[name] for name in scene.labels[: k + 1]]] = 1
+            labels.append(onehot)
+            rings = sphere_rings(scene, k)
+            for name, folder, power in (("fast", fast, 1), ("blender", blender, -1)):
+                a = grey(folder / "images" / f"{p.stem}_{k}.png")
+                images[name].append(small(a))
+                for visible, r in rings:
+                    a[visible] *= (np.interp(r[visible], RING_MIDS, gain) ** power)[:, None]
+                images["fast_with_blender_profile" if power == 1 else "blender_with_fast_profile"].append(
+                    small(a)
+                )
+    y = np.stack(labels)
+    out = {"scenes": len(scene_files)}
+    for name, arrays in images.items():
+        out[f"acc_{name}"] = round(topk_accuracy(ev.scores(as_model_input(np.stack(arrays))), y), 4)
+    return out
+
+
+def small(a: np.ndarray) -> np.ndarray:
+    """A 320x240 float frame as the folders are read: 8-bit, resized to 64x64 (bilinear)."""
+    im = Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8))
+    return np.asarray(im.resize((64, 64), Image.BILINEAR))
+
+
 def contact_sheet(scene_files: list[Path], fast: Path, blender: Path, out: Path) -> None:
     """Rows of scenes, each: fast _0.._2 | Blender _0.._2 at 160x120."""
     w, h, gap = 160, 120, 6
@@ -205,6 +345,9 @@ def main() -> None:
         help="use this Blender set (course layout with scenes/) instead of rendering one",
     )
     p.add_argument("--mask-scenes", type=int, default=30, help="with --blender and no masks: scenes to mask")
+    p.add_argument(
+        "--swap-scenes", type=int, default=300, help="scenes for the sphere-profile swap check (0: skip)"
+    )
     p.add_argument("--renders-only", action="store_true", help="stop after the renders (stages 1-2)")
     p.add_argument("--sheet", type=Path, default=Path("docs/render-fidelity.png"))
     args = p.parse_args()
@@ -277,10 +420,11 @@ def main() -> None:
     }
     record["judge_epochs"], record["judge_width"] = side["epochs"], side["width"]
 
-    feats, hits = {}, {}
+    feats, hits, all_scores, datasets = {}, {}, {}, {}
     for name in ("fast", "blender", "fast-floor"):
-        data = load_dataset(root / name, size=64, progress=False)
+        data = datasets[name] = load_dataset(root / name, size=64, progress=False)
         scores, feats[name] = ev.scores_and_features(as_model_input(data.images))
+        all_scores[name] = scores
         record[f"acc_{name.replace('-', '_')}"] = round(topk_accuracy(scores, data.labels), 4)
         k = data.labels.sum(1)
         hits[name] = {
@@ -295,6 +439,21 @@ def main() -> None:
     record["fid_blender_vs_fast_other_seed"] = round(
         frechet_distance(feats["blender"], feats["fast-floor"]), 3
     )
+    assert datasets["fast"].files == datasets["blender"].files
+    record["breakdown"] = breakdown(
+        {n: all_scores[n] for n in ("fast", "blender")},
+        datasets["fast"].labels,
+        list(datasets["fast"].classes),
+    )
+    record["sphere_profile"] = sphere_profile(scene_files, root / "fast", root / "blender")
+    if args.swap_scenes > 0:
+        record["sphere_profile_swap"] = profile_swap(
+            ev,
+            scene_files[: args.swap_scenes],
+            root / "fast",
+            root / "blender",
+            record["sphere_profile"]["blender_over_fast"],
+        )
     record |= centre_errors(mask_files, masks)
     contact_sheet(scene_files, root / "fast", root / "blender", args.sheet)
 
