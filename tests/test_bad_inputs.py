@@ -271,6 +271,12 @@ ROWS: list[Row] = [
         "--reduction-factor: expected an integer >= 2, got '1'",
     ),
     Row(
+        "search-select-unknown",
+        [SEARCH, "--smoke-test", "--select", "best"],
+        2,
+        "--select: invalid choice: 'best' (choose from 'val', 'test')",
+    ),
+    Row(
         "search-experiment-too-long",
         [SEARCH, "--smoke-test", "--experiment", "x" * 300],
         2,

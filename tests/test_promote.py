@@ -126,6 +126,28 @@ def test_a_pruned_trial_with_the_best_acc_is_promoted_only_with_allow_pruned(exp
     assert promoted(client, by_fid) == "p"
 
 
+def test_promote_ranks_by_the_metric_the_search_decided_on(experiment):
+    """A search that decided on acc_val (its parent's search.decision_metric) is promoted by acc_val, not by
+    the test accuracy it reports; --metric acc still ranks by acc, knowingly."""
+    client, tmp = experiment
+    exp = ensure_experiment(client, "promo-val", tracking_uri=client.tracking_uri, artifact_root=tmp / "art")
+    parent = create_parent(
+        client, exp, name="search-promo-val", experiment_dir=str(tmp / "ray-val"),
+        tags={"search.model_name": "tiny-val", "search.decision_metric": "acc_val"},
+        params={"max_epochs": MAX_EPOCHS},
+    )  # fmt: skip
+    for name, acc, acc_val in (("v", 0.3, 0.6), ("t", 0.5, 0.4)):  # v best on val, t on the test sets
+        run_id = trial_run(client, exp, parent, tmp, name, acc, 5.0, 0.0, "false", "COMPLETE", MAX_EPOCHS)
+        client.log_metric(run_id, "acc_val", acc_val, step=MAX_EPOCHS)
+    version = promote(client, "promo-val", log=lambda _: None)
+    tags = client.get_model_version(version.name, version.version).tags
+    assert tags["trial_id"] == "v" and tags["selection"].startswith("best final acc_val")
+    assert (
+        promoted(client, promote(client, "promo-val", metric="acc", alias="by-test", log=lambda _: None))
+        == "t"
+    )
+
+
 def test_pareto_rule_best_acc_within_the_fid_slack_of_the_front(experiment):
     """Finished front: a (0.3, FID 5) and b (0.5, FID 9); d (0.2, 7) is dominated. Slack 0.25: FID <= 6.25
     leaves a; slack 1: FID <= 10 lets b win on acc; with pruned trials, p (0.95, 0.5) dominates all."""
