@@ -177,6 +177,9 @@ class Plan:
     out: Path  # Tune storage and the MLflow store of every arm
     extra: tuple[str, ...]  # driver flags for every arm (--evaluator, --max-concurrent)
     stamp: str
+    worker_niceness: int | None = (
+        None  # the trials' niceness, when the driver and Ray's daemons run at another
+    )
 
 
 def _budget_flags(plan: Plan, *, trials: int, epochs: int, presets: str = "none") -> list[str]:
@@ -214,7 +217,10 @@ def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], No
         "import sys; from bench.search_value import child; "
         f"sys.exit(child({plan.dataset!r}, {plan.overrides!r}, {driver_arm!r}, sys.argv[1:]))"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, *argv], cwd=ROOT)
+    env = dict(os.environ)
+    if plan.worker_niceness is not None:  # Ray's own: the raylet starts every worker at this niceness
+        env["RAY_worker_niceness"] = str(plan.worker_niceness)
+    proc = subprocess.Popen([sys.executable, "-c", script, *argv], cwd=ROOT, env=env)
     with CpuMeter(proc.pid) as cpu:
         code = proc.wait()
     if code == 130:
@@ -405,6 +411,13 @@ def build_parser():
     p.add_argument("--results", type=Path, help="default: bench/results/search_value-DATASET.json")
     p.add_argument("--parallel-seeds", action="store_true", help="run the seeds side by side (arms in turn)")
     p.add_argument(
+        "--worker-niceness",
+        type=int,
+        help="niceness of the trial workers only (RAY_worker_niceness): under a loaded machine a nice-19 "
+        "Ray misses its raylet's 30 s start deadline (ray/_private/node.py), so run the bench itself at "
+        "normal priority and the trials at 19",
+    )
+    p.add_argument(
         "--stamp", help="experiment names' time stamp: an earlier run's resumes its unfinished arms"
     )
     p.add_argument(
@@ -460,7 +473,7 @@ def make_plan(args, parser) -> Plan:
     out = (args.out or default_home() / "search-value").expanduser().resolve()
     return Plan(dataset=args.dataset, overrides=overrides, budget=budget, seeds=tuple(args.seeds),
                 arms=tuple(args.arms), presets=presets, out=out, extra=tuple(extra),
-                stamp=args.stamp or time.strftime("%Y%m%d-%H%M%S"))  # fmt: skip
+                stamp=args.stamp or time.strftime("%Y%m%d-%H%M%S"), worker_niceness=args.worker_niceness)  # fmt: skip
 
 
 def _preset_names() -> list[str]:
