@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from trainers.data.render import (
     copy_spec,
@@ -275,13 +275,14 @@ def sphere_profile(scene_files: list[Path], fast: Path, blender: Path) -> dict:
 def profile_swap(ev, scene_files: list[Path], fast: Path, blender: Path, ratio: list[float]) -> dict:
     """Does the sphere's shading profile explain the gap? The judge's accuracy on these scenes' images with
     `ratio` (Blender / fast per ring) divided out of every visible sphere's pixels in Blender's renders, and
-    multiplied into the fast renders' (interpolated in r / R; then read at 64x64 as every folder is)."""
+    multiplied into the fast renders' (interpolated in r / R; then read at 64x64 as every folder is); and,
+    against the other suspect, noise: the fast renders with Blender's grain added, Blender's blurred."""
     from trainers.evaluator import as_model_input, topk_accuracy
 
     gain = np.asarray(ratio)
-    images = {
-        name: [] for name in ("fast", "blender", "fast_with_blender_profile", "blender_with_fast_profile")
-    }
+    names = ("fast", "blender", "fast_with_blender_profile", "blender_with_fast_profile")
+    images = {name: [] for name in (*names, "fast_with_noise_sd8", "blender_blurred_1.5px")}
+    rng = np.random.default_rng(0)
     labels = []
     classes = json.loads((fast / "objects.json").read_text())
     for p in scene_files:
@@ -294,6 +295,11 @@ def profile_swap(ev, scene_files: list[Path], fast: Path, blender: Path, ratio: 
             for name, folder, power in (("fast", fast, 1), ("blender", blender, -1)):
                 a = grey(folder / "images" / f"{p.stem}_{k}.png")
                 images[name].append(small(a))
+                if name == "fast":  # Blender's 4-sample grain is ~8 code values RMS at 320x240
+                    images["fast_with_noise_sd8"].append(small(a + rng.normal(0, 8, a.shape)))
+                else:
+                    blurred = Image.fromarray(a.astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5))
+                    images["blender_blurred_1.5px"].append(small(np.asarray(blurred, dtype=np.float64)))
                 for visible, r in rings:
                     a[visible] *= (np.interp(r[visible], RING_MIDS, gain) ** power)[:, None]
                 images["fast_with_blender_profile" if power == 1 else "blender_with_fast_profile"].append(
