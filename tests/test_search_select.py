@@ -223,3 +223,38 @@ def test_select_changes_what_asha_stops_on(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "val acc_val [3, 3, 3]" in out.stdout  # rising acc_val: every trial clears each cut-off
     assert "test acc [3, 1, 1]" in out.stdout  # falling acc: all but the first are cut at rung 1
+
+
+def test_the_val_set_is_saved_on_the_parent_run_and_a_resumed_search_keeps_it(tmp_path, monkeypatch, capsys):
+    """A new search logs its val set; a resumed one decides on the saved set even if today's draw differs."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from search.clevr import CLEVR
+    from search.driver import ParentRun, Search, keep_val
+    from search.options import complete, parse
+    from search.prepare import Prepared
+    from search.tracking import create_parent, ensure_experiment
+    from trainers.data.labels import load_vocab, spec_file
+
+    monkeypatch.setenv("CGAN_SEARCH_HOME", str(tmp_path))
+    args, parser = parse(CLEVR, ["--select", "test", "--experiment", "x"])
+    opts = complete(args, parser, CLEVR)
+    conditions = with_val(iclevr_conditions(), iclevr_train_labels())
+    data = SimpleNamespace(classes=load_vocab(spec_file("objects.json")))
+    prepared = Prepared(data, "synthetic", tmp_path / "ev.pt", {}, conditions, {}, "oracle renders")
+    search = Search(opts=opts, space=None, presets={}, concurrency=1, prepared=prepared)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = ensure_experiment(client, "x", tracking_uri=client.tracking_uri, artifact_root=tmp_path / "art")
+    run_id = create_parent(client, exp, name="search-x", experiment_dir=str(tmp_path), tags={}, params={})
+    first = keep_val(search, ParentRun(client, exp, run_id, str(tmp_path), resuming=False))
+    assert (first.prepared.conditions[VAL] == conditions[VAL]).all()
+    assert "optimistic" in capsys.readouterr().out  # --select test says so
+    redrawn = {**conditions, VAL: val_conditions(iclevr_train_labels(), iclevr_conditions(), seed=7)}
+    later = dataclasses.replace(search, prepared=dataclasses.replace(prepared, conditions=redrawn))
+    resumed = keep_val(later, ParentRun(client, exp, run_id, str(tmp_path), resuming=True))
+    assert (resumed.prepared.conditions[VAL] == conditions[VAL]).all()
+    assert list(resumed.prepared.conditions) == [VAL, "test", "new_test"]
+    assert "differs from today's draw: the saved one is kept" in capsys.readouterr().out
