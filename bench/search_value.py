@@ -192,7 +192,7 @@ def _budget_flags(plan: Plan, *, trials: int, epochs: int, presets: str = "none"
 def driver_call(plan: Plan, arm: str, seed: int, spend: int) -> tuple[str, list[str]]:
     """(the driver's arm, its argv) for one arm and seed; `spend` is (a)'s trial-epochs for this seed."""
     b = plan.budget
-    argv = ["--storage", str(plan.out / "ray_results"), "--tracking-uri", f"sqlite:///{plan.out / 'mlflow.db'}",
+    argv = ["--storage", str(plan.out / "ray_results"), "--tracking-uri", f"sqlite:///{plan.out / f'mlflow-s{seed}.db'}",
             "--experiment", f"sv-{plan.dataset}-{plan.stamp}-{arm}-s{seed}", "--seed", str(seed), *plan.extra]  # fmt: skip
     if arm in SEARCH_ARMS:
         return arm, argv + _budget_flags(plan, trials=b.num_samples, epochs=b.max_epochs)
