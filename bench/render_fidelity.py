@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from trainers.data.render import (
     render_training_set,
     training_scene,
     write_json,
+    write_png,
 )
 from trainers.data.scene import load_scene, save_scene, to_json
 
@@ -272,6 +274,25 @@ def sphere_profile(scene_files: list[Path], fast: Path, blender: Path) -> dict:
     }
 
 
+def sphere_profile_what_if(scene_files: list[Path], blender: Path, specular: tuple[float, float]) -> dict:
+    """`sphere_profile` against fast frames re-rendered with the rubber's highlight set to `specular`
+    (strength, Blinn-Phong exponent; trainers.data.render.RUBBER_SPECULAR): what that renderer change would
+    do to the sphere's shading, measured without making it (the constant is restored afterwards)."""
+    from trainers.data import render
+
+    spheres = [p for p in scene_files if load_scene(p).objects[0].shape == "sphere"]
+    saved, render.RUBBER_SPECULAR = render.RUBBER_SPECULAR, specular
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "images").mkdir()
+            for p in spheres:
+                frame = render.render_scene(load_scene(p), size=(320, 240), counts=(1,))[0]
+                write_png(Path(tmp) / "images" / f"{p.stem}_0.png", frame)
+            return {"rubber_specular": list(specular)} | sphere_profile(spheres, Path(tmp), blender)
+    finally:
+        render.RUBBER_SPECULAR = saved
+
+
 def profile_swap(ev, scene_files: list[Path], fast: Path, blender: Path, ratio: list[float]) -> dict:
     """Does the sphere's shading profile explain the gap? The judge's accuracy on these scenes' images with
     `ratio` (Blender / fast per ring) divided out of every visible sphere's pixels in Blender's renders, and
@@ -353,6 +374,13 @@ def main() -> None:
     p.add_argument("--mask-scenes", type=int, default=30, help="with --blender and no masks: scenes to mask")
     p.add_argument(
         "--swap-scenes", type=int, default=300, help="scenes for the sphere-profile swap check (0: skip)"
+    )
+    p.add_argument(
+        "--what-if-rubber-specular",
+        type=float,
+        nargs=2,
+        metavar=("STRENGTH", "EXPONENT"),
+        help="also measure the sphere profile with the fast renderer's rubber highlight set to this",
     )
     p.add_argument("--renders-only", action="store_true", help="stop after the renders (stages 1-2)")
     p.add_argument("--sheet", type=Path, default=Path("docs/render-fidelity.png"))
@@ -452,6 +480,10 @@ def main() -> None:
         list(datasets["fast"].classes),
     )
     record["sphere_profile"] = sphere_profile(scene_files, root / "fast", root / "blender")
+    if args.what_if_rubber_specular is not None:
+        record["sphere_profile_what_if"] = sphere_profile_what_if(
+            scene_files, root / "blender", tuple(args.what_if_rubber_specular)
+        )
     if args.swap_scenes > 0:
         record["sphere_profile_swap"] = profile_swap(
             ev,
