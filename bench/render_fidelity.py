@@ -274,6 +274,62 @@ def sphere_profile(scene_files: list[Path], fast: Path, blender: Path) -> dict:
     }
 
 
+NDOTV_EDGES = np.array([0.2, 0.4, 0.6, 0.8, 0.9, 1.0])
+
+
+def shading_by_ndotv(scene_files: list[Path], fast: Path, blender: Path) -> dict:
+    """Blender / fast grey level by n.v (surface normal . direction to the camera) and shape, over the
+    one-object frames (_0), on object pixels at least 2 px inside the silhouette: tells a material's
+    view-dependent term (the same at equal n.v on every shape) from a shape's own difference."""
+    from trainers.data.raycast import HIT, NORMAL, bounding_rect, camera_rays, project
+
+    sums: dict = {}
+    for p in scene_files:
+        scene = load_scene(p).prefix(1)
+        o, cam = scene.objects[0], scene.view
+        rect = bounding_rect(project(o.corners(), cam, 320, 240), 320, 240)
+        if rect is None:
+            continue
+        d = camera_rays(cam, 320, 240, rect)
+        eye = tuple(float(c) for c in cam.position)
+        t = HIT[o.shape](o, eye, d)
+        hit = np.isfinite(t)
+        inner = hit.copy()
+        for _ in range(2):  # erode: keep pixels whose 4 neighbours are object too
+            e = inner.copy()
+            e[1:] &= inner[:-1]
+            e[:-1] &= inner[1:]
+            e[:, 1:] &= inner[:, :-1]
+            e[:, :-1] &= inner[:, 1:]
+            e[[0, -1]] = False
+            e[:, [0, -1]] = False
+            inner = e
+        with np.errstate(invalid="ignore"):
+            n = NORMAL[o.shape](o, [eye[i] + t * d[i] for i in range(3)])
+            ndv = -(n[0] * d[0] + n[1] * d[1] + n[2] * d[2])
+        band = np.digitize(ndv, NDOTV_EDGES)
+        for name, folder in (("fast", fast), ("blender", blender)):
+            level = grey(folder / "images" / f"{p.stem}_0.png").mean(2)[rect]
+            for i in range(1, len(NDOTV_EDGES)):
+                m = inner & (band == i)
+                acc = sums.setdefault((o.shape, i), {"fast": [0.0, 0], "blender": [0.0, 0]})[name]
+                acc[0] += float(level[m].sum())
+                acc[1] += int(m.sum())
+    out: dict = {
+        "n_dot_v": [f"{a:.1f}-{b:.1f}" for a, b in zip(NDOTV_EDGES[:-1], NDOTV_EDGES[1:], strict=True)]
+    }
+    for shape in ("sphere", "cube", "cylinder"):
+        row = []
+        for i in range(1, len(NDOTV_EDGES)):
+            v = sums.get((shape, i))
+            ok = v is not None and min(v["fast"][1], v["blender"][1]) >= 1000  # pixels, summed over frames
+            row.append(
+                round((v["blender"][0] / v["blender"][1]) / (v["fast"][0] / v["fast"][1]), 3) if ok else None
+            )
+        out[f"{shape}_blender_over_fast"] = row
+    return out
+
+
 def sphere_profile_what_if(scene_files: list[Path], blender: Path, specular: tuple[float, float]) -> dict:
     """`sphere_profile` against fast frames re-rendered with the rubber's highlight set to `specular`
     (strength, Blinn-Phong exponent; trainers.data.render.RUBBER_SPECULAR): what that renderer change would
@@ -480,6 +536,7 @@ def main() -> None:
         list(datasets["fast"].classes),
     )
     record["sphere_profile"] = sphere_profile(scene_files, root / "fast", root / "blender")
+    record["shading_by_ndotv"] = shading_by_ndotv(scene_files, root / "fast", root / "blender")
     if args.what_if_rubber_specular is not None:
         record["sphere_profile_what_if"] = sphere_profile_what_if(
             scene_files, root / "blender", tuple(args.what_if_rubber_specular)
