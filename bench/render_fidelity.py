@@ -13,7 +13,11 @@ Stages (each skipped when its output exists, so a rerun only re-scores):
 4. figures: (a) the judge's held-out accuracy (fast) and its accuracy on the fidelity scenes by each engine
    (320x240 resized to 64x64, as every folder is read), (b) FID in the judge's feature space between the
    engines and between the two fast seeds, (c) per-object pixel-centre error between the engines at
-   320x240 (fast: ray-cast id buffer; Blender: its object-index masks); and a side-by-side contact sheet.
+   320x240 (fast: ray-cast id buffer; Blender: its object-index masks); and a side-by-side contact sheet;
+5. where Blender's renders lose accuracy: `breakdown` (by object count, class, Blender-only confusions),
+   `sphere_profile` (a sphere's grey level from centre to limb by each engine), `shading_by_ndotv` (by n.v
+   and shape), `sphere_profile_swap` (the judge with that profile swapped between the engines, and with
+   noise added / blur) and, with `--what-if-rubber-specular`, the profile of re-rendered fast frames.
 Prints one JSON record (and writes it to ROOT/record.json).
 """
 
