@@ -123,6 +123,7 @@ def load_inputs(spec: dict[str, Any], *, log) -> dict[str, Any]:
     from trainers.evaluator.protocol import with_val
 
     home = Path(spec["home"])
+    os.environ.setdefault("CGAN_SEARCH_CACHE", str(home / "cache"))  # packs in the home, as search.prepare
     data, root = load_data(spec["data"], home=home, size=spec["size"], scenes=spec["scenes"], log=log)
     path, meta = ensure_evaluator(
         data,

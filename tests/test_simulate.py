@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.simulate import Asha, Curves, Median, champion, run_search
+from bench.curves import read_table, write_table
+from bench.simulate import Asha, Curves, Median, champion, curves_from_frame, run_search
 
 
 def _curves(values: np.ndarray) -> Curves:
@@ -88,3 +89,42 @@ def test_median_stopping_by_hand():
     assert out["epochs"] == 14
     # the champion: the best final decision value among trials that ran every epoch (c2, 0.8; c3 was stopped)
     assert champion(curves, order, out["reached"]) == 2
+
+
+def test_a_table_round_trip_scores_a_diverged_run_as_zero(tmp_path):
+    # bench/curves.py's table -> the simulator's arrays: a run that diverged after epoch 1 ends with its acc-0
+    # row at epoch 2 and scores 0 as a final accuracy (as the search scores it); the config's quality is the
+    # mean over its seeds
+    def rows(values, diverged=False):
+        out = [{"epoch": e, "acc_val": v, "acc": v + 0.01, "diverged": 0} for e, v in enumerate(values, 1)]
+        if diverged:
+            out.append({"epoch": len(values) + 1, "acc_val": 0.0, "acc": 0.0, "diverged": 1})
+        return out
+
+    runs = [
+        {
+            "config_id": "a",
+            "source": "s",
+            "seed": 0,
+            "config": {},
+            "rows": rows([0.2, 0.3, 0.5]),
+            "error": None,
+        },
+        {"config_id": "a", "source": "s", "seed": 1, "config": {}, "rows": rows([0.4], True), "error": None},
+        {
+            "config_id": "b",
+            "source": "s",
+            "seed": 0,
+            "config": {},
+            "rows": rows([0.1, 0.2, 0.3]),
+            "error": None,
+        },
+    ]
+    path = tmp_path / "t.parquet"
+    write_table(runs, path, {"dataset": "hand"})
+    df, meta = read_table(path)
+    curves = curves_from_frame(df)
+    assert meta == {"dataset": "hand"} and curves.ids == ("a", "b") and curves.max_epochs == 3
+    assert (curves.decide_name, curves.report_name) == ("acc_val", "acc")
+    assert curves.length.tolist() == [[3, 2], [3, 0]]
+    assert np.allclose(curves.quality(), [(0.51 + 0.0) / 2, 0.31])
