@@ -81,7 +81,8 @@ def test_each_child_has_params_metrics_by_epoch_grids_and_checkpoint(smoke):
         grids = [a.path for a in client.list_artifacts(run.info.run_id, "grids")]
         assert grids == [f"grids/epoch_{e:03d}" for e in epochs]
         files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, grids[-1])}
-        assert files == {"test.png", "new_test.png"}
+        # the val set the decisions read, and the reported sets
+        assert files == {"val.png", "test.png", "new_test.png"}
         checkpoint = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "checkpoint")}
         # The best evaluation's generator only (no D, no optimizer state); pruned trials keep none by default.
         pruned = run.data.tags["optuna.state"] == "PRUNED"
@@ -143,6 +144,35 @@ def test_leaderboard_plots_and_study_are_logged_on_the_parent(smoke):
     assert len(study.trials) == TRIALS
 
 
+def test_decisions_read_acc_val_on_a_saved_val_set_and_asha_checks_its_cuts(smoke):
+    """Issue 15: the log, leaderboard and parent run show acc_val decisions, the test accuracies and the
+    rung-validity line; the val set on the parent run is disjoint from both test sets."""
+    out, client, parent = smoke.out.stdout, smoke.client, smoke.parents[0]
+    assert "decisions read acc_val" in out and "ASHA check: " in out and "best final acc_val" in out
+    assert parent.data.tags["search.decision_metric"] == "acc_val" and parent.data.params["select"] == "val"
+    files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"val_conditions.json", "rung_check.json", "rung_check.png", "leaderboard.csv"} <= files
+    dl = str(smoke.home / "dl-val")
+    saved = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "val_conditions.json", dl)).read_text()
+    )
+    test_sets = {tuple(sorted(r)) for split in ("test", "new_test") for r in _label_sets(split)}
+    assert len(saved["val"]) == 96 and not {tuple(sorted(r)) for r in saved["val"]} & test_sets
+    for key in ("asha_cuts", "asha_cuts_beyond_noise", "asha_n_finished"):
+        assert key in parent.data.metrics, key
+    check = json.loads(Path(client.download_artifacts(parent.info.run_id, "rung_check.json", dl)).read_text())
+    assert check["metric"] == "acc_val" and check["line"] in out and not check["mismatches"]
+    for run in smoke.children:
+        assert {"acc_val", "acc_val_std", "acc", "acc_test", "acc_new_test"} <= set(run.data.metrics)
+        assert run.data.metrics["acc"] == pytest.approx(
+            (run.data.metrics["acc_test"] + run.data.metrics["acc_new_test"]) / 2
+        )
+
+
+def _label_sets(split: str) -> list[list[str]]:
+    return json.loads((ROOT / "trainers" / "data" / "spec" / f"{split}.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def champion(smoke):
     env = search_env(smoke.home)
@@ -164,7 +194,7 @@ def test_promote_registers_a_version_with_alias_champion(smoke, champion):
         and r.data.tags.get("search.diverged") != "true"
         and r.data.metrics["epoch"] == max_epochs
     ]
-    best = max(finished, key=lambda r: r.data.metrics["acc"])
+    best = max(finished, key=lambda r: r.data.metrics["acc_val"])  # the search's decision metric
     assert version.tags["trial_run_id"] == best.info.run_id
     sampled = smoke.trials[best.data.tags["ray.trial_id"]][-1]["config"]
     registered = json.loads(version.tags["config"])  # the full TrainConfig: sampled values + defaults
@@ -174,6 +204,7 @@ def test_promote_registers_a_version_with_alias_champion(smoke, champion):
         "data_fingerprint",
         "evaluator_fingerprint",
         "metric.acc",
+        "metric.acc_val",
         "metric.acc_test",
         "metric.acc_new_test",
     ):
