@@ -119,7 +119,10 @@ GRAIN_MIN = 1.0
 # colour, which lifts dark channels (red's green and blue) as in Blender's renders. Share fitted to the
 # mean colour of each palette colour's objects in 40 Blender scenes at 64x64 (within ~2 code values).
 RUBBER_GLOSS = 0.025
-RUBBER_SPECULAR = (0.02, 10.0)  # (strength, Blinn-Phong exponent): what remains of a highlight
+# No separate highlight on rubber (strength 0): a Blinn-Phong lobe of 0.02 landed near every sphere's centre,
+# which Blender's renders do not show (bench/render_fidelity.py's sphere_profile: Blender / fast 0.945 at the
+# centre, 0.989 with the lobe off); the broad glossy is already the white share above.
+RUBBER_SPECULAR = (0.0, 10.0)  # (strength, Blinn-Phong exponent)
 METAL_DIFFUSE = 0.15  # full CLEVR's metal keeps little diffuse colour; its look comes from reflections
 METAL_SPECULAR = (1.2, 60.0)
 
