@@ -44,6 +44,8 @@ CLEVR = EntryDefaults(
     # scenes was never measured and sits between 4,000 (0.79) and 10,000: too close to the 0.9 floor to make
     # a GPU user wait for a render and a fit and then be refused. The fit is 432,000 image-steps: ~18 min on
     # 2 idle CPU cores (402 img/s), far less on a GPU driver (it fits on the driver's device).
+    # grace 5 / rf 3 are not the simulator's (bench/simulate.py): no 64x64, 60-epoch curve table exists to
+    # replay (BENCHMARKS.md "Learning curves", 2026-12-02: no i-CLEVR table at all on 2 shared cores).
     gpu=Budget(
         space="clevr.yaml",
         size=64,

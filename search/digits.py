@@ -15,6 +15,10 @@ DIGITS = EntryDefaults(
     description="Search conditional-GAN recipes on the digits dataset.",
     model_name="digits-cgan",
     data="digits",
+    # grace_epochs / reduction_factor: NOT chosen by bench/simulate.py yet. Its table
+    # (bench/results/curves-digits-32.parquet, 2026-12-02) holds 6 configurations x 1 seed x 10 epochs, where one
+    # recipe leads from epoch 6 and every setting has regret 0 (BENCHMARKS.md "Scheduler simulation"): too few
+    # to move a default, so 2 / 2 stay until a table of >= 48 configurations x 2 seeds replays them.
     cpu=Budget(
         space="digits.yaml", size=32, num_samples=12, max_epochs=10, grace_epochs=2, reduction_factor=2
     ),
