@@ -69,7 +69,14 @@ def is_server(uri: str) -> bool:
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"  # "Machine learning"; the default for a new experiment is GenAI
 VIEW_KEY = "cgan-search"
-VIEW_COLUMNS = ("metrics.`acc`", "metrics.`acc_test`", "metrics.`acc_new_test`", f"tags.`{STATE_TAG}`")
+# acc_val first: it is what the search decided on (--select val, the default); the test figures beside it
+VIEW_COLUMNS = (
+    "metrics.`acc_val`",
+    "metrics.`acc`",
+    "metrics.`acc_test`",
+    "metrics.`acc_new_test`",
+    f"tags.`{STATE_TAG}`",
+)
 UI_TAGS = {
     EXPERIMENT_KIND_TAG: TRAINING_KIND,
     f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps({"selectedColumns": list(VIEW_COLUMNS)}),

@@ -4,7 +4,7 @@ The store holds a search in the shape the driver writes it (search.tracking's ex
 parent run, nested trial runs with params, per-epoch metrics, the Optuna state and a sample grid), written
 over HTTP to the server. The browser opens the URL the search prints (`tracking.ui_url`) and the check is
 what a person sees: the training view (not the GenAI overview MLflow 3.17 opens by default), the runs table
-with `acc`, `acc_test`, `acc_new_test` and the state as columns, the trials nested under the search run, a
+with `acc_val`, `acc`, `acc_test`, `acc_new_test` and the state as columns, the trials nested under the search run, a
 trial's metric charts and its grid. Chromium is driven over the DevTools protocol on a pipe (stdlib only),
 so one browser serves every page and each wait ends as soon as the page shows what is awaited.
 
@@ -47,7 +47,7 @@ CHROMIUM_FLAGS = [
     "--hide-scrollbars",
 ]
 WINDOW = (1600, 1000)
-METRICS = ("acc", "acc_test", "acc_new_test")
+METRICS = ("acc_val", "acc", "acc_test", "acc_new_test")
 # The run-name cell's unfold button and the assistant panel's close button, by MLflow 3.17's component ids.
 EXPANDER = 'button[data-component-id$="runnamecellrenderer.tsx_46"]'
 CLOSE_ASSISTANT = 'button[data-component-id="mlflow.assistant.chat_panel.close"]'
@@ -247,7 +247,7 @@ def write_search(uri: str, tmp: Path) -> dict[str, str]:
         metrics = [
             Metric(key, value * (epoch + 1) / epochs, 0, epoch)
             for epoch in range(epochs)
-            for key, value in zip(METRICS, (acc, acc - 0.05, acc - 0.1), strict=True)
+            for key, value in zip(METRICS, (acc, acc - 0.02, acc - 0.05, acc - 0.1), strict=True)
         ]
         client.log_batch(run, metrics=metrics)
         grid = tmp / f"{name}.png"
@@ -343,7 +343,7 @@ def test_experiments_of_earlier_versions_get_the_ui_tags(server, tmp_path):
     tags = client.get_experiment(old).tags
     assert {k: tags.get(k) for k in tracking.UI_TAGS} == tracking.UI_TAGS
     view = json.loads(tags[f"mlflow.sharedViewState.{tracking.VIEW_KEY}"])
-    assert view["selectedColumns"][:3] == [f"metrics.`{m}`" for m in METRICS]
+    assert view["selectedColumns"][: len(METRICS)] == [f"metrics.`{m}`" for m in METRICS]
     assert tracking.mlflow_ui_command(url, old) == f"open {tracking.ui_url(url, old)} in a browser"
     local = tracking.mlflow_ui_command("sqlite:////x/mlflow.db", old)
     assert local.endswith(f"then open http://127.0.0.1:5000/#/experiments/{old}/runs?workflowType=machine_learning"
