@@ -22,7 +22,7 @@ DATA_SEED = 0  # the synthetic set and its oracle renders do not follow --seed: 
 ORACLE_SEED = 1  # oracle renders must not reuse training scenes
 # The world every synthetic set renders: the faithful i-CLEVR world (trainers.data.sampling's default: one
 # size, rubber, the generator's placement), so the embedded default searches the world real i-CLEVR users
-# have. Its 32x32 judge (the cpu budget's 10,000 scenes, 12 epochs) holds out 0.945 (docs/search.md,
+# have. Its 32x32 judge (the cpu budget's 10,000 scenes, 12 epochs) holds out 0.944 (docs/search.md,
 # "Budgets"). "clevr" (full CLEVR's two sizes and metal) stays available to trainers.data.render.
 SYNTHETIC_WORLD = "iclevr"
 
