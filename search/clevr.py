@@ -26,8 +26,9 @@ CLEVR = EntryDefaults(
     # floor. That fit is ~500 CPU-seconds (~5-6.5 minutes on 2 idle cores) and the render ~150, so the
     # search gets what is left: one GAN epoch is 1,875 steps at batch 16 (~25 s of the 2 cores per trial-
     # epoch), and the 12 trials of rf 2 before (~18-21 trial-epochs, ~7.5 minutes) would make the first run
-    # ~15 minutes. 6 trials with rf 3 (ASHA keeps the top third at epoch 1: ~8-9 trial-epochs) predict
-    # ~11-12 minutes in all (BENCHMARKS.md, "Embedded default"); a longer search is --num-samples away.
+    # ~15 minutes. 6 trials with rf 3 (ASHA keeps the top third at epoch 1: ~8-9 trial-epochs): timed from an
+    # empty home on 2 idle cores, 11 min 18 s in all, judge 0.940 (2026-12-02, BENCHMARKS.md "Embedded
+    # default's first run"); a longer search is --num-samples away.
     cpu=Budget(
         space="smoke.yaml",
         size=32,
