@@ -105,6 +105,10 @@ def search(tmp_path_factory):
     return home, out, wall, client, parents[0], children
 
 
+# --select val (the default): the study, the leaderboard's front and promotion all read acc_val beside FID
+DECISION = ("acc_val", "fid")
+
+
 @pytest.mark.slow
 def test_multi_objective_digits_search_with_infogan(search):
     home, out, wall, client, parent, children = search
@@ -129,15 +133,13 @@ def test_multi_objective_digits_search_with_infogan(search):
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
     mlflow_rows = trial_rows(client, exp)
     complete = [r for r in mlflow_rows if r["state"] == "COMPLETE"]
-    assert {r["trial_id"] for r in pareto_front(complete, ("acc", "fid"))} == marked
+    assert {r["trial_id"] for r in pareto_front(complete, DECISION)} == marked
     assert "pareto.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
     # The best trial line, and promotion from the front, follow the rule among trials that ran 2 epochs.
-    chosen, _ = choose(
-        eligible(mlflow_rows, allow_pruned=False), objectives=("acc", "fid"), fid_slack=FID_SLACK
-    )
+    chosen, _ = choose(eligible(mlflow_rows, allow_pruned=False), objectives=DECISION, fid_slack=FID_SLACK)
     assert chosen["trial_id"] in marked and chosen["epochs"] == MAX_EPOCHS
-    assert re.search(rf"best trial {chosen['trial_id']} \(best acc on the Pareto front", out.stdout)
+    assert re.search(rf"best trial {chosen['trial_id']} \(best acc_val on the Pareto front", out.stdout)
     assert "promote the best: python -m search.promote --experiment pareto --objectives acc,fid" in out.stdout
     promoted = subprocess.run(
         [sys.executable, "-m", "search.promote", "--experiment", EXPERIMENT, "--objectives", "acc,fid"],
@@ -146,4 +148,4 @@ def test_multi_objective_digits_search_with_infogan(search):
     assert promoted.returncode == 0, promoted.stderr[-2000:]
     version = client.get_model_version_by_alias("digits-cgan", "champion")
     assert version.tags["trial_id"] == chosen["trial_id"] and version.tags["optuna_state"] == "COMPLETE"
-    assert version.tags["selection"].startswith("best acc on the Pareto front (acc, fid) with fid <=")
+    assert version.tags["selection"].startswith("best acc_val on the Pareto front (acc_val, fid) with fid <=")
