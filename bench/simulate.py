@@ -281,8 +281,19 @@ def champion(curves: Curves, order: list[tuple[int, int]], reached: dict) -> int
     return order[t][0]
 
 
-def random_order(curves: Curves, rng: np.random.Generator) -> list[tuple[int, int]]:
-    configs = rng.permutation(len(curves.ids))
+def random_order(
+    curves: Curves, rng: np.random.Generator, trials: int | None = None
+) -> list[tuple[int, int]]:
+    """[(config, seed)] of one search: every configuration in a random order, or with `trials` a search of
+    that many: the table's presets first (the driver enqueues them before sampling), then space samples
+    drawn without replacement (Optuna's random sampler over the table's own samples)."""
+    if trials is None or trials >= len(curves.ids):
+        configs = rng.permutation(len(curves.ids))
+    else:
+        presets = [i for i, name in enumerate(curves.ids) if name.startswith("preset:")]
+        rest = [i for i, name in enumerate(curves.ids) if not name.startswith("preset:")]
+        head = list(rng.permutation(presets))[:trials]
+        configs = head + list(rng.choice(rest, size=max(0, trials - len(head)), replace=False))
     order = []
     for c in configs:
         seeds = np.flatnonzero(curves.length[c] > 0)
@@ -303,7 +314,9 @@ def schedulers(max_epochs: int, graces: list[int], rfs: list[float]) -> list:
     return out
 
 
-def evaluate(curves: Curves, factories, *, orders: int, concurrency: int, seed: int) -> list[dict]:
+def evaluate(
+    curves: Curves, factories, *, orders: int, concurrency: int, seed: int, trials: int | None = None
+) -> list[dict]:
     quality = curves.quality()
     best = float(np.nanmax(quality))
     full_cost = int(curves.length.max(axis=1).sum())  # noqa: F841 - documented in the row as the full budget
@@ -312,7 +325,7 @@ def evaluate(curves: Curves, factories, *, orders: int, concurrency: int, seed: 
         rng = np.random.default_rng(seed)  # the same orders for every scheduler
         costs, regrets, missing = [], [], 0
         for _ in range(orders):
-            order = random_order(curves, rng)
+            order = random_order(curves, rng, trials)
             sched = make()
             out = run_search(curves, order, sched, concurrency=concurrency, rng=rng)
             chosen = champion(curves, order, out["reached"])
@@ -377,13 +390,19 @@ def markdown(
     corr: list,
     chosen: dict | None,
     noise_source: str = "",
+    trials: int | None = None,
 ) -> str:
+    per_search = (
+        f"searches of {trials} trials (the table's presets, then random space samples)"
+        if trials and trials < len(curves.ids)
+        else "every configuration in each search"
+    )
     lines = [
         f"Table: {meta.get('dataset')} {meta.get('size')}x{meta.get('size')}, {len(curves.ids)} configurations x "
         f"{curves.length.shape[1]} seeds x {curves.max_epochs} epochs; decisions on {curves.decide_name}, "
         f"regret on {curves.report_name} (best configuration's mean final {curves.report_name} "
         f"{np.nanmax(curves.quality()):.4f}); noise ({noise_source}) {noise:.4f}; {rows[0]['orders']} random "
-        f"orders, {concurrency} trials at once.",
+        f"orders, {per_search}, {concurrency} trials at once.",
         "",
         "| scheduler | trial-epochs (mean ± std) | of full | regret mean ± std | regret median | regret p90 | no champion |",
         "|---|---|---|---|---|---|---|",
@@ -482,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="replay a search of this many epochs: every curve cut there (default: the table's)",
     )
+    p.add_argument(
+        "--trials",
+        type=positive_int,
+        default=None,
+        help="trials per simulated search: the presets, then random space samples of the table "
+        "(default: every configuration; the entries' cpu budgets: digits 12, i-CLEVR 6)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--md", type=Path, default=None, help="also write the Markdown table here")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -511,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             orders=args.orders,
             concurrency=args.concurrency,
             seed=args.seed,
+            trials=args.trials,
         )
         noise, noise_source = curves.seed_noise(), "median std over seeds of the final " + curves.report_name
         if not np.isfinite(noise):  # one seed per configuration: the evaluation's own spread over draws
@@ -531,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
             corr=corr,
             chosen=chosen,
             noise_source=noise_source,
+            trials=args.trials,
         )
         print(text)
         if args.md:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bench.curves import read_table, write_table
-from bench.simulate import Asha, Curves, Median, champion, curves_from_frame, run_search
+from bench.simulate import Asha, Curves, Median, champion, curves_from_frame, random_order, run_search
 
 
 def _curves(values: np.ndarray) -> Curves:
@@ -128,3 +128,27 @@ def test_a_table_round_trip_scores_a_diverged_run_as_zero(tmp_path):
     assert (curves.decide_name, curves.report_name) == ("acc_val", "acc")
     assert curves.length.tolist() == [[3, 2], [3, 0]]
     assert np.allclose(curves.quality(), [(0.51 + 0.0) / 2, 0.31])
+
+
+def test_a_search_of_fewer_trials_starts_with_the_presets_and_draws_distinct_samples():
+    # --trials 4 on a table of 2 presets + 6 space samples: each search runs both presets first (the driver
+    # enqueues them before Optuna samples) and then 2 distinct space samples; without --trials every config
+    values = np.linspace(0.1, 0.8, 8 * 3).reshape(8, 3)
+    curves = _curves(values)
+    curves = Curves(
+        ids=("preset:a", "preset:b", *(f"space:{i:03d}" for i in range(6))),
+        decide=curves.decide,
+        report=curves.report,
+        length=curves.length,
+    )
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        order = random_order(curves, rng, trials=4)
+        configs = [c for c, _ in order]
+        assert len(order) == 4 and sorted(configs[:2]) == [0, 1] and len(set(configs)) == 4
+        assert all(c >= 2 for c in configs[2:])
+        seen.update(configs[2:])
+    assert seen == set(range(2, 8))  # every space sample gets drawn
+    assert sorted(c for c, _ in random_order(curves, rng)) == list(range(8))
+    assert sorted(c for c, _ in random_order(curves, rng, trials=1)) in ([0], [1])
