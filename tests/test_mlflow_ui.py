@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     trials = client.search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`{tracking.ROLE_TAG}` = 'trial'",
-        order_by=["metrics.acc DESC"],
+        order_by=["metrics.acc_val DESC", "metrics.acc DESC"],  # the search's own choice: acc_val first
         max_results=1,
     )
     if not trials:
