@@ -152,3 +152,17 @@ def test_a_search_of_fewer_trials_starts_with_the_presets_and_draws_distinct_sam
     assert seen == set(range(2, 8))  # every space sample gets drawn
     assert sorted(c for c, _ in random_order(curves, rng)) == list(range(8))
     assert sorted(c for c, _ in random_order(curves, rng, trials=1)) in ([0], [1])
+
+
+def test_the_noise_is_the_seed_spread_of_the_best_configurations_not_of_the_collapsed_ones():
+    # 20 configurations x 2 seeds x 2 epochs: 16 collapse to 0.1 on both seeds (std 0), 4 learn with seed
+    # spreads 0.02, 0.04, 0.06, 0.08 (finals 0.8+-0.01, 0.7+-0.02, 0.6+-0.03, 0.5+-0.04). The best tenth, at
+    # least 3: the three best, stds 0.014, 0.028, 0.042 (ddof 1): median 0.028; over all 20 it would be 0
+    report = np.full((20, 2, 2), 0.1)
+    for c, (mean, half) in enumerate([(0.8, 0.01), (0.7, 0.02), (0.6, 0.03), (0.5, 0.04)]):
+        report[c, :, -1] = [mean - half, mean + half]
+    curves = Curves(
+        ids=tuple(f"c{i}" for i in range(20)), decide=report, report=report, length=np.full((20, 2), 2)
+    )
+    assert curves.seed_noise() == pytest.approx(np.std([0.68, 0.72], ddof=1))
+    assert curves.seed_noise(top=20) == 0.0
