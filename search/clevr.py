@@ -28,7 +28,8 @@ CLEVR = EntryDefaults(
     # epoch), and the 12 trials of rf 2 before (~18-21 trial-epochs, ~7.5 minutes) would make the first run
     # ~15 minutes. 6 trials with rf 3 (ASHA keeps the top third at epoch 1: ~8-9 trial-epochs): timed from an
     # empty home on 2 idle cores, 11 min 18 s in all, judge 0.940 (2026-12-02, BENCHMARKS.md "Embedded
-    # default's first run"); a longer search is --num-samples away.
+    # default's first run"); a longer search is --num-samples away. grace 1 / rf 3 are not yet bench/simulate.py's:
+    # no i-CLEVR curve table exists (on digits, acc_val at epoch 1 ranks the final one at Spearman 0.04).
     cpu=Budget(
         space="smoke.yaml",
         size=32,

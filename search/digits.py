@@ -15,12 +15,15 @@ DIGITS = EntryDefaults(
     description="Search conditional-GAN recipes on the digits dataset.",
     model_name="digits-cgan",
     data="digits",
-    # grace_epochs / reduction_factor: NOT chosen by bench/simulate.py yet. Its table
-    # (bench/results/curves-digits-32.parquet, 2026-12-02) holds 6 configurations x 1 seed x 10 epochs, where one
-    # recipe leads from epoch 6 and every setting has regret 0 (BENCHMARKS.md "Scheduler simulation"): too few
-    # to move a default, so 2 / 2 stay until a table of >= 48 configurations x 2 seeds replays them.
+    # grace_epochs / reduction_factor chosen by bench/simulate.py (issue 15) on the digits curve table
+    # (bench/results/curves-digits-32.parquet: 48 space samples + 2 presets x 2 seeds x 20 epochs, 2026-12-02),
+    # replayed as this budget's search (`--trials 12 --max-epochs 10`, 2000 orders): grace 8 / rf 4 is the
+    # cheapest ASHA within the noise of no early stopping (0.88 of its trial-epochs, mean regret 0.128 vs
+    # 0.123); the former 2 / 2 lost 0.016 (beyond the seed noise, 0.011) for 0.93. The best recipes sit at
+    # chance for 6-10 epochs (rank correlation with the final acc_val 0.06 at epoch 1, 0.16 at 2, 0.82 at 8),
+    # so early rungs cut the very recipes that win. BENCHMARKS.md "Scheduler simulation".
     cpu=Budget(
-        space="digits.yaml", size=32, num_samples=12, max_epochs=10, grace_epochs=2, reduction_factor=2
+        space="digits.yaml", size=32, num_samples=12, max_epochs=10, grace_epochs=8, reduction_factor=4
     ),
     gpu=Budget(
         space="digits.yaml",
