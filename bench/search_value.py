@@ -212,7 +212,7 @@ def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], No
 
     driver_arm, argv = driver_call(plan, arm, seed, spend)
     log(f"{arm} seed {seed}: search/driver.main(arm={driver_arm!r}) {' '.join(argv)}")
-    load, start = os.getloadavg(), time.monotonic()
+    load, start, began = os.getloadavg(), time.monotonic(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
     script = (
         "import sys; from bench.search_value import child; "
         f"sys.exit(child({plan.dataset!r}, {plan.overrides!r}, {driver_arm!r}, sys.argv[1:]))"
@@ -233,6 +233,8 @@ def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], No
     else:
         curve = best_so_far(trials, max_epochs=epochs)
     record = {"arm": arm, "seed": seed, "finals": finals(trials, plan.presets if arm == "preset" else ()), "exit": code, "argv": argv, "max_epochs": epochs,
+              "started": began,
+              "machine": machine(), "commit": git_commit(),
               "trials": len(trials), "finished": sum(_eligible(r, epochs) for r in trials.values()),
               "trial_epochs": trial_epochs(trials), "champion": champ,
               "curve": curve, "cpu_s": round(cpu.seconds, 1), "wall_s": round(time.monotonic() - start, 1),
@@ -293,8 +295,8 @@ def _champ(records, arm: str, seed: int, key: str) -> float:
 def goals(records: Sequence[Mapping[str, Any]], plan: Plan) -> dict[str, Any]:
     """The issue's two goals, per seed and on average: (a) over (d) in acc_test; (a) against (e) in
     acc_val next to one evaluation's own noise, and (a)'s trial-epochs against the full-budget search of
-    the same trials (every trial to max_epochs)."""
-    seeds, out = plan.seeds, {}
+    the same trials (every trial to max_epochs). Over every seed on record (--append adds earlier runs')."""
+    seeds, out = sorted({*plan.seeds, *(r["seed"] for r in records)}), {}
     if {"tpe-asha", "preset"} <= set(plan.arms):
         gap = [
             _champ(records, "tpe-asha", s, "acc_test") - _champ(records, "preset", s, "acc_test")
@@ -423,6 +425,12 @@ def build_parser():
     p.add_argument(
         "--from-results", action="store_true", help="only remake the table and plot from --results"
     )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="keep --results' records (an earlier run's seeds, another day or machine: each record says "
+        "which) and add this run's; refused if that run's budget or presets differ",
+    )
     p.add_argument("--plot", type=Path, help="default: docs/search-value-DATASET.png")
     return p
 
@@ -495,44 +503,96 @@ def machine() -> dict[str, Any]:
     }
 
 
-def report(plan: Plan, records: list[dict[str, Any]], started: str, load) -> dict[str, Any]:
+def git_commit() -> str:
+    """HEAD, marked +uncommitted when the code the arms run (trainers, search, spaces, bench) differs from it."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "trainers", "search", "spaces", "bench"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+uncommitted" if dirty else "")
+
+
+# What must agree for two runs' records to be one comparison: the budget every arm ran, arm (d)'s presets.
+SAME_PLAN = ("dataset", "budget", "presets")
+
+
+def earlier_records(saved: Mapping[str, Any], plan: Plan, path: Path) -> list[dict[str, Any]]:
+    """--append: the records of an earlier run's JSON, refused (one line naming the key) if that run's plan
+    differs from this one's; an arm and seed this run repeats is replaced once it finishes again."""
+    mine = report(plan, [], "", (0.0, 0.0, 0.0))
+    for key in SAME_PLAN:
+        theirs, ours = saved.get(key), mine[key]
+        if key == "budget":  # compare field by field to name the one that differs
+            diff = next((k for k in ours if theirs is None or str(theirs.get(k)) != str(ours[k])), None)
+            if diff is not None:
+                got = "missing" if theirs is None else f"{diff}={theirs.get(diff)}"
+                raise ValueError(f"--append {path}: its runs had {got}, this one {diff}={ours[diff]}")
+        elif key == "presets" and list(theirs or []) != list(ours):
+            raise ValueError(f"--append {path}: its arm (d) ran presets {theirs}, this one {list(ours)}")
+        elif key == "dataset" and theirs is not None and theirs != ours:
+            raise ValueError(f"--append {path}: its runs are on {theirs}, this one on {ours}")
+    return list(saved.get("records", []))
+
+
+def report(
+    plan: Plan, records: list[dict[str, Any]], started: str, load, runs: Sequence[Mapping] = ()
+) -> dict[str, Any]:
     b = plan.budget
     title = (f"{plan.dataset}, {b.size}x{b.size}, space {Path(str(b.space)).name}: {b.num_samples} trials <= "
              f"{b.max_epochs} epochs, ASHA grace {b.grace_epochs} rf {b.reduction_factor}; presets "
-             f"{', '.join(plan.presets)}; {started}")  # fmt: skip
-    return {"started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-            "command": " ".join(sys.argv), "load_start": load, "load_end": os.getloadavg(), "title": title,
-            "budget": {k: str(v) for k, v in dataclasses.asdict(b).items()}, "presets": plan.presets,
-            "seeds": plan.seeds, "arms": plan.arms, "records": records, "goals": goals(records, plan)}  # fmt: skip
+             f"{', '.join(plan.presets)}; {', '.join([*(r['started'] for r in runs), started])}")  # fmt: skip
+    this = {"started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+            "command": " ".join(sys.argv), "load_start": load, "load_end": os.getloadavg()}  # fmt: skip
+    seeds = sorted({*plan.seeds, *(r["seed"] for r in records)})
+    return {**this, "dataset": plan.dataset, "title": title, "budget": {k: str(v) for k, v in dataclasses.asdict(b).items()},
+            "presets": list(plan.presets), "seeds": seeds, "arms": plan.arms, "runs": [*runs, this],
+            "records": records, "goals": goals(records, plan)}  # fmt: skip
 
 
 def bench(args, parser) -> int:
     """Run the plan, writing the JSON after every arm (a stopped bench keeps what ran); then the table and
-    the plot. With --from-results, only the table and plot, from a JSON an earlier run wrote."""
+    the plot. With --from-results, only the table and plot, from a JSON an earlier run wrote; with --append,
+    that JSON's records are kept and this run's added (seeds split over sessions or machines)."""
     say = lambda text: print(f"[search-value] {text}", flush=True)  # noqa: E731
     plan = make_plan(args, parser)
     results = args.results or ROOT / "bench" / "results" / f"search_value-{plan.dataset}.json"
+    if args.from_results or args.append:
+        try:
+            saved = json.loads(results.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"--results {results}: no such file (nothing to read or append to)") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--results {results}: not JSON ({exc.msg}, line {exc.lineno})") from None
     if args.from_results:
-        saved = json.loads(results.read_text())
         records, title = saved["records"], saved["title"]
     else:
         import threading
 
-        started, load, records, lock = (
-            time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            os.getloadavg(),
-            [],
-            threading.Lock(),
-        )
+        records = earlier_records(saved, plan, results) if args.append else []
+        runs = [r for r in saved.get("runs", [])] if args.append else []
+        if args.append:
+            say(
+                f"appending to {results}: {len(records)} earlier records, seeds {sorted({r['seed'] for r in records})}"
+            )
+        started, load, lock = time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.getloadavg(), threading.Lock()
         results.parent.mkdir(parents=True, exist_ok=True)
 
         def done(record: dict) -> None:
-            with lock:
+            with lock:  # a repeated arm and seed replaces its earlier record only now that it has finished
+                records[:] = [r for r in records if (r["arm"], r["seed"]) != (record["arm"], record["seed"])]
                 records.append(record)
-                results.write_text(json.dumps(report(plan, records, started, load), indent=1, default=str))
+                results.write_text(
+                    json.dumps(report(plan, records, started, load, runs), indent=1, default=str)
+                )
 
         run_plan(plan, say, done, parallel=args.parallel_seeds)
-        title = report(plan, records, started, load)["title"]
+        title = report(plan, records, started, load, runs)["title"]
     path = plot(records, args.plot or ROOT / "docs" / f"search-value-{plan.dataset}.png", title=title)
     say(f"figures: {results}; plot: {path}")
     print(table(records), flush=True)

@@ -157,3 +157,55 @@ def test_best_so_far_curve_follows_completion_order_and_eligible_trials():
     curve = search_value.best_so_far(HAND, max_epochs=2)
     # (trial-epochs spent, best final acc_val so far, acc_test of that trial), one point per finished trial
     assert curve == [(3, 0.5, 0.4), (5, 0.5, 0.4)]
+
+
+def _plan(**budget):
+    import dataclasses
+
+    from search.digits import DIGITS
+
+    return search_value.Plan(
+        dataset="digits", overrides={}, budget=dataclasses.replace(DIGITS.cpu, **budget), seeds=(1,),
+        arms=search_value.ALL_ARMS, presets=("infogan_digits",), out=ROOT, extra=(), stamp="t",
+    )  # fmt: skip
+
+
+def _record(arm: str, seed: int, val: float, test: float) -> dict:
+    champ = {"trial_id": f"{arm}{seed}", "acc_val": val, "acc_test": test, "final_acc_val_std": 0.01}
+    return {"arm": arm, "seed": seed, "champion": champ, "trial_epochs": 10, "finals": [], "curve": []}
+
+
+def test_append_keeps_an_earlier_runs_seeds_and_goals_cover_them_all():
+    earlier = search_value.report(_plan(), [_record("tpe-asha", 0, 0.5, 0.4), _record("preset", 0, 0.3, 0.2)],
+                                  "2026-12-02 15:00:00 UTC", (0, 0, 0))  # fmt: skip
+    saved = json.loads(json.dumps(earlier, default=str))  # as the file holds it
+    records = search_value.earlier_records(saved, _plan(), ROOT / "x.json")
+    assert [(r["arm"], r["seed"]) for r in records] == [("tpe-asha", 0), ("preset", 0)]
+    records += [_record("tpe-asha", 1, 0.7, 0.6), _record("preset", 1, 0.2, 0.1)]
+    both = search_value.report(_plan(), records, "2026-12-03 14:00:00 UTC", (0, 0, 0), saved["runs"])
+    assert both["seeds"] == [0, 1] and [r["started"] for r in both["runs"]] == [
+        "2026-12-02 15:00:00 UTC", "2026-12-03 14:00:00 UTC"]  # fmt: skip
+    gap = both["goals"]["search_minus_preset_acc_test"]
+    assert gap["per_seed"] == pytest.approx([0.2, 0.5]) and gap["mean"] == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"budget": {"max_epochs": 20}}, "max_epochs=10"),
+        ({"presets": ["wgan_gp_instance"]}, "presets"),
+        ({"dataset": "clevr"}, "on clevr"),
+    ],  # fmt: skip
+)
+def test_append_refuses_an_earlier_run_of_another_plan(change, named):
+    saved = json.loads(json.dumps(search_value.report(_plan(), [], "s", (0, 0, 0)), default=str))
+    for key, value in change.items():
+        saved[key] = {**saved[key], **value} if isinstance(value, dict) else value
+    with pytest.raises(ValueError, match=named):
+        search_value.earlier_records(saved, _plan(), ROOT / "x.json")
+
+
+def test_append_to_a_missing_results_file_is_one_line(tmp_path, capsys):
+    code = search_value.main(["--dataset", "digits", "--append", "--results", str(tmp_path / "none.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "none.json: no such file" in err[0]
