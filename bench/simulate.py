@@ -399,12 +399,15 @@ def markdown(
     chosen: dict | None,
     noise_source: str = "",
     trials: int | None = None,
+    presets: str = "first",
 ) -> str:
     per_search = (
-        f"searches of {trials} trials (the table's presets, then random space samples)"
+        f"searches of {trials} trials ("
+        + ("the table's presets, then random space samples" if presets == "first" else "random space samples")
+        + ")"
         if trials and trials < len(curves.ids)
         else "every configuration in each search"
-    )
+    ) + ("; the table's presets left out (a search that enqueues none)" if presets == "none" else "")
     lines = [
         f"Table: {meta.get('dataset')} {meta.get('size')}x{meta.get('size')}, {len(curves.ids)} configurations x "
         f"{curves.length.shape[1]} seeds x {curves.max_epochs} epochs; decisions on {curves.decide_name}, "
@@ -520,6 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="trials per simulated search: the presets, then random space samples of the table "
         "(default: every configuration; the entries' cpu budgets: digits 12, i-CLEVR 6)",
     )
+    p.add_argument(
+        "--presets",
+        choices=("first", "none"),
+        default="first",
+        help="the table's preset rows: 'first' (enqueued before sampling, as a search given --presets) or "
+        "'none' (left out: a search that enqueues none, as both entries' cpu budgets)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--md", type=Path, default=None, help="also write the Markdown table here")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -540,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.table.is_file():
             raise ValueError(f"{args.table}: no such file")
         df, meta = read_table(args.table)
+        if args.presets == "none":  # the search enqueues no preset (the cpu budgets): it never runs them
+            df = df[~df["config_id"].astype(str).str.startswith("preset:")]
+            if df.empty:
+                raise ValueError(f"{args.table}: no configuration but presets, and --presets none")
         curves = curves_from_frame(df, decide=args.decide, report=args.report, max_epochs=args.max_epochs)
         graces = [int(x) for x in args.graces.split(",")]
         rfs = [float(x) for x in args.rfs.split(",")]
@@ -559,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not np.isfinite(noise):  # one seed per configuration: the evaluation's own spread over draws
             std = f"{curves.decide_name}_std" if f"{curves.decide_name}_std" in df.columns else "acc_std"
+            if std not in df.columns:
+                raise ValueError(f"{args.table}: one seed per configuration and no {std} column: no noise")
             last = df[(df["epoch"] == curves.max_epochs) & (df["diverged"].fillna(0) == 0)]
             noise, noise_source = (
                 float(last[std].median()),
@@ -576,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             chosen=chosen,
             noise_source=noise_source,
             trials=args.trials,
+            presets=args.presets,
         )
         print(text)
         if args.md:

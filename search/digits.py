@@ -17,11 +17,13 @@ DIGITS = EntryDefaults(
     data="digits",
     # grace_epochs / reduction_factor chosen by bench/simulate.py (issue 15) on the digits curve table
     # (bench/results/curves-digits-32.parquet: 48 space samples + 2 presets x 2 seeds x 20 epochs, 2026-12-02),
-    # replayed as this budget's search (`--trials 12 --max-epochs 10`, 2000 orders): grace 8 / rf 4 is the
-    # cheapest ASHA within the noise of no early stopping (0.88 of its trial-epochs, mean regret 0.128 vs
-    # 0.123); the former 2 / 2 lost 0.016 (beyond the seed noise, 0.011) for 0.93. The best recipes sit at
-    # chance for 6-10 epochs (rank correlation with the final acc_val 0.06 at epoch 1, 0.16 at 2, 0.82 at 8),
-    # so early rungs cut the very recipes that win. BENCHMARKS.md "Scheduler simulation".
+    # replayed as this budget's search (`--trials 12 --max-epochs 10 --presets none`, 2000 orders: 12 space
+    # samples, as this budget enqueues no preset): grace 8 / rf 4 is the cheapest ASHA within the noise of no
+    # early stopping (0.93 of its trial-epochs, mean regret 0.116 vs 0.114); the former 2 / 2 lost 0.016
+    # (beyond the seed noise, 0.011) for 0.90. (With the 2 presets enqueued first: the same choice, 0.88,
+    # 0.128 vs 0.123.) The best recipes sit at chance for 6-10 epochs (rank correlation of acc_val with the
+    # 10th epoch's 0.08 at epoch 1, 0.18 at 2, 0.82 at 8), so early rungs cut the very recipes that win.
+    # BENCHMARKS.md "Scheduler simulation".
     cpu=Budget(
         space="digits.yaml", size=32, num_samples=12, max_epochs=10, grace_epochs=8, reduction_factor=4
     ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench import simulate
 from bench.curves import read_table, write_table
 from bench.simulate import Asha, Curves, Median, champion, curves_from_frame, random_order, run_search
 
@@ -166,3 +167,23 @@ def test_the_noise_is_the_seed_spread_of_the_best_configurations_not_of_the_coll
     )
     assert curves.seed_noise() == pytest.approx(np.std([0.68, 0.72], ddof=1))
     assert curves.seed_noise(top=20) == 0.0
+
+
+def test_presets_none_leaves_the_preset_rows_out_of_every_search(tmp_path):
+    # a table whose best configuration is a preset: with --presets none (the cpu budgets enqueue none) the
+    # searches never run it, so the best final accuracy the regret is measured against is the space sample's
+    def run(cid, final):
+        rows = [{"epoch": e, "acc_val": final * e / 2, "acc_val_std": 0.01, "acc": final * e / 2, "diverged": 0}
+                for e in (1, 2)]  # fmt: skip
+        return {"config_id": cid, "source": "s", "seed": 0, "config": {}, "rows": rows, "error": None}
+
+    path = tmp_path / "t.parquet"
+    write_table(
+        [run("preset:p", 0.9), run("space:000", 0.5), run("space:001", 0.3)], path, {"dataset": "hand"}
+    )
+    for presets, best, configs in (("first", 0.9, 3), ("none", 0.5, 2)):
+        md = tmp_path / f"{presets}.md"
+        assert simulate.main([str(path), "--orders", "3", "--presets", presets, "--md", str(md)]) == 0
+        head = md.read_text().splitlines()[0]
+        assert f"{configs} configurations" in head and f"mean final acc {best:.4f}" in head
+        assert ("presets left out" in head) == (presets == "none")
