@@ -180,6 +180,7 @@ class Plan:
     worker_niceness: int | None = (
         None  # the trials' niceness, when the driver and Ray's daemons run at another
     )
+    spent: dict[int, int] = dataclasses.field(default_factory=dict)  # seed: (a)'s trial-epochs on record
 
 
 def _budget_flags(plan: Plan, *, trials: int, epochs: int, presets: str = "none") -> list[str]:
@@ -254,8 +255,9 @@ def _one_line(r: Mapping[str, Any]) -> str:
 
 
 def run_seed(plan: Plan, seed: int, log: Callable[[str], None], done: Callable[[dict], None]) -> None:
-    """Every arm of one seed, (a) first: its trial-epochs are what (d) and (e) get."""
-    spend = 0
+    """Every arm of one seed, (a) first: its trial-epochs are what (d) and (e) get (without (a) in the
+    arms, those of its record from an earlier run, --append)."""
+    spend = plan.spent.get(seed, 0)
     for arm in sorted(plan.arms, key=ALL_ARMS.index):
         if arm in ("preset", "tpe-fifo") and not spend:
             log(f"{arm} seed {seed}: skipped (tpe-asha spent no trial-epochs: nothing to match)")
@@ -270,7 +272,11 @@ def run_plan(plan: Plan, log: Callable[[str], None], done: Callable[[dict], None
     from concurrent.futures import ThreadPoolExecutor
 
     if {"preset", "tpe-fifo"} & set(plan.arms) and "tpe-asha" not in plan.arms:
-        raise ValueError("arms preset and tpe-fifo need tpe-asha in --arms: its trial-epochs size them")
+        if missing := [s for s in plan.seeds if s not in plan.spent]:
+            raise ValueError(
+                "arms preset and tpe-fifo need tpe-asha in --arms (its trial-epochs size them), or its "
+                f"record in --results with --append: none for seed {missing[0]}"
+            )
     if not parallel:
         for seed in plan.seeds:
             run_seed(plan, seed, log, done)
@@ -429,7 +435,8 @@ def build_parser():
         "--append",
         action="store_true",
         help="keep --results' records (an earlier run's seeds, another day or machine: each record says "
-        "which) and add this run's; refused if that run's budget or presets differ",
+        "which) and add this run's; arms preset and tpe-fifo of a seed whose tpe-asha is on record get its "
+        "trial-epochs; refused if that run's budget or presets differ",
     )
     p.add_argument("--plot", type=Path, help="default: docs/search-value-DATASET.png")
     return p
@@ -575,6 +582,8 @@ def bench(args, parser) -> int:
         import threading
 
         records = earlier_records(saved, plan, results) if args.append else []
+        spent = {r["seed"]: r["trial_epochs"] for r in records if r["arm"] == "tpe-asha"}
+        plan = dataclasses.replace(plan, spent=spent)
         runs = [r for r in saved.get("runs", [])] if args.append else []
         if args.append:
             say(

@@ -209,3 +209,18 @@ def test_append_to_a_missing_results_file_is_one_line(tmp_path, capsys):
     code = search_value.main(["--dataset", "digits", "--append", "--results", str(tmp_path / "none.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "none.json: no such file" in err[0]
+
+
+def test_arms_d_and_e_take_the_spend_of_tpe_ashas_earlier_record(monkeypatch):
+    # --append --arms preset tpe-fifo: (a) ran in an earlier run (its record says 24 trial-epochs for seed 1)
+    # and sizes (d) and (e) now; without such a record the plan is refused, naming the seed
+    import dataclasses
+
+    calls = []
+    monkeypatch.setattr(search_value, "run_arm", lambda plan, arm, seed, spend, log: calls.append((arm, seed, spend))
+                        or {"arm": arm, "seed": seed, "trial_epochs": spend})  # fmt: skip
+    plan = dataclasses.replace(_plan(), arms=("preset", "tpe-fifo"))
+    with pytest.raises(ValueError, match="none for seed 1"):
+        search_value.run_plan(plan, print, lambda r: None, parallel=False)
+    search_value.run_plan(dataclasses.replace(plan, spent={1: 24}), print, lambda r: None, parallel=False)
+    assert calls == [("preset", 1, 24), ("tpe-fifo", 1, 24)]
