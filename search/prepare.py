@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,18 +48,39 @@ def synthetic_root(home: Path, *, scenes: int, size: int) -> Path:
     return home / "data" / f"iclevr-synth-{SYNTHETIC_WORLD}-{scenes}-seed{DATA_SEED}-{size}px"
 
 
-def _atomic_dir(target: Path, build: Callable[[Path], object]) -> Path:
+@contextmanager
+def _only_one(target: Path, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock named after `target` (a file beside it): drivers sharing a home (bench seeds
+    side by side, two searches started at once) build each cache entry once; the others wait, then find
+    it. flock is released by the kernel when its holder dies, so a killed driver leaves no stale lock."""
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log is not None:
+                log(f"waiting for another driver building {target} (it is shared: built once)")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _atomic_dir(
+    target: Path, build: Callable[[Path], object], log: Callable[[str], None] | None = None
+) -> Path:
     """Build a folder next to `target` and rename it into place: an interrupted render is never a cache hit,
-    and two drivers rendering at once both end with one complete folder."""
+    and of two drivers wanting it at once one renders while the other waits for it (_only_one)."""
     if target.is_dir():
         return target
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
-    try:
+    with _only_one(target, log):
+        if target.is_dir():  # the driver we waited for built it
+            return target
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # a killed builder's: the lock was its
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        build(tmp)
         tmp.rename(target)
-    except OSError:  # another driver finished first
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -69,16 +91,14 @@ def load_data(spec: str, *, home: Path, size: int, scenes: int, log: Callable[[s
 
     if spec == "synthetic":
         root = synthetic_root(home, scenes=scenes, size=size)
-        if not root.is_dir():
+
+        def render(out: Path) -> None:
             log(
                 f"rendering {scenes} synthetic i-CLEVR scenes ({SYNTHETIC_WORLD} world) at {size}x{size} into {root} (once)"
             )
-        _atomic_dir(
-            root,
-            lambda out: render_training_set(
-                out, scenes=scenes, seed=DATA_SEED, size=size, world=SYNTHETIC_WORLD
-            ),
-        )
+            render_training_set(out, scenes=scenes, seed=DATA_SEED, size=size, world=SYNTHETIC_WORLD)
+
+        _atomic_dir(root, render, log)
         return load_dataset(root, size=size), root
     data = load_dataset(spec, size=size)
     return data, Path(spec) if spec != "digits" and Path(spec).is_dir() else None
@@ -101,7 +121,14 @@ def ensure_evaluator(
     labelled images at its resolution, once per checkpoint and data (cached under the home), and held to that.
     The returned meta says which: ``judge_acc`` and ``judge_acc_source`` ("held-out" or "calibrated").
     """
-    from trainers.evaluator import FitConfig, calibration_dir, check_evaluator, fit, measured_judge
+    from trainers.evaluator import (
+        FitConfig,
+        calibration_dir,
+        check_evaluator,
+        fit,
+        measured_judge,
+        sidecar_path,
+    )
 
     if explicit is not None:
         meta = measured_judge(
@@ -116,16 +143,21 @@ def ensure_evaluator(
     config = FitConfig(**fit_overrides)
     recipe = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:8]
     path = home / "evaluators" / f"{data.name or 'data'}-{data.fingerprint}-fit{recipe}.pt"
-    if not path.is_file():
-        log(
-            f"fitting an evaluator (ResNet18 width {config.width}, {config.epochs} epochs) on {len(data)} "
-            f"images into {path} (once)"
-        )
-        ev, report = fit(
-            data.images, data.labels, files=data.files, classes=data.classes, config=config, progress=True
-        )
-        meta = {"data": spec, "data_fingerprint": data.fingerprint, "data_size": data.size, **report}
-        ev.save(path, meta)
+    # the checkpoint is written before its sidecar (Evaluator.save): a fit is done when both are there
+    done = lambda: path.is_file() and sidecar_path(path).is_file()  # noqa: E731
+    if not done():
+        with _only_one(path, log):
+            if not done():  # else the driver we waited for fitted it
+                log(
+                    f"fitting an evaluator (ResNet18 width {config.width}, {config.epochs} epochs) on "
+                    f"{len(data)} images into {path} (once)"
+                )
+                ev, report = fit(
+                    data.images, data.labels, files=data.files, classes=data.classes, config=config,
+                    progress=True,
+                )  # fmt: skip
+                meta = {"data": spec, "data_fingerprint": data.fingerprint, "data_size": data.size, **report}
+                ev.save(path, meta)
     meta = check_evaluator(path, data_fingerprint=data.fingerprint, floor=floor)
     return path, {**meta, "judge_acc": float(meta["heldout_acc"]), "judge_acc_source": "held-out"}
 
