@@ -566,7 +566,11 @@ def bench(args, parser) -> int:
     """Run the plan, writing the JSON after every arm (a stopped bench keeps what ran); then the table and
     the plot. With --from-results, only the table and plot, from a JSON an earlier run wrote; with --append,
     that JSON's records are kept and this run's added (seeds split over sessions or machines)."""
-    say = lambda text: print(f"[search-value] {text}", flush=True)  # noqa: E731
+
+    def say(text: str) -> None:  # one write per line: print writes text and newline apart, and seeds' threads
+        sys.stdout.write(f"[search-value] {text}\n")  # share stdout (their lines ran together)
+        sys.stdout.flush()
+
     plan = make_plan(args, parser)
     results = args.results or ROOT / "bench" / "results" / f"search_value-{plan.dataset}.json"
     if args.from_results or args.append:
