@@ -303,14 +303,15 @@ def goals(records: Sequence[Mapping[str, Any]], plan: Plan) -> dict[str, Any]:
     acc_val next to one evaluation's own noise, and (a)'s trial-epochs against the full-budget search of
     the same trials (every trial to max_epochs). Over every seed on record (--append adds earlier runs')."""
     seeds, out = sorted({*plan.seeds, *(r["seed"] for r in records)}), {}
-    if {"tpe-asha", "preset"} <= set(plan.arms):
+    ran = {r["arm"] for r in records}  # this run's arms and --append's earlier ones
+    if {"tpe-asha", "preset"} <= ran:
         gap = [
             _champ(records, "tpe-asha", s, "acc_test") - _champ(records, "preset", s, "acc_test")
             for s in seeds
         ]
         out["search_minus_preset_acc_test"] = {"per_seed": gap, "mean": _mean(gap), "goal": 0.05,
                                                "met": _mean(gap) >= 0.05}  # fmt: skip
-    if {"tpe-asha", "tpe-fifo"} <= set(plan.arms):
+    if {"tpe-asha", "tpe-fifo"} <= ran:
         diff = [
             _champ(records, "tpe-asha", s, "acc_val") - _champ(records, "tpe-fifo", s, "acc_val")
             for s in seeds
@@ -541,7 +542,9 @@ def earlier_records(saved: Mapping[str, Any], plan: Plan, path: Path) -> list[di
                 got = "missing" if theirs is None else f"{diff}={theirs.get(diff)}"
                 raise ValueError(f"--append {path}: its runs had {got}, this one {diff}={ours[diff]}")
         elif key == "presets" and list(theirs or []) != list(ours):
-            raise ValueError(f"--append {path}: its arm (d) ran presets {theirs}, this one {list(ours)}")
+            # only arm (d) runs presets: an earlier run with none of its records on file does not bind them
+            if any(r.get("arm") == "preset" for r in saved.get("records", [])):
+                raise ValueError(f"--append {path}: its arm (d) ran presets {theirs}, this one {list(ours)}")
         elif key == "dataset" and theirs is not None and theirs != ours:
             raise ValueError(f"--append {path}: its runs are on {theirs}, this one on {ours}")
     return list(saved.get("records", []))

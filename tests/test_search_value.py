@@ -198,11 +198,30 @@ def test_append_keeps_an_earlier_runs_seeds_and_goals_cover_them_all():
     ],  # fmt: skip
 )
 def test_append_refuses_an_earlier_run_of_another_plan(change, named):
-    saved = json.loads(json.dumps(search_value.report(_plan(), [], "s", (0, 0, 0)), default=str))
+    ran = [_record("preset", 0, 0.3, 0.2)]  # arm (d) on record: its presets bind
+    saved = json.loads(json.dumps(search_value.report(_plan(), ran, "s", (0, 0, 0)), default=str))
     for key, value in change.items():
         saved[key] = {**saved[key], **value} if isinstance(value, dict) else value
     with pytest.raises(ValueError, match=named):
         search_value.earlier_records(saved, _plan(), ROOT / "x.json")
+
+
+def test_append_takes_other_presets_while_no_preset_arm_is_on_record_and_goals_follow_the_records():
+    # seed 0's search arms ran under a plan naming two presets, then arm (d) was run with one (--append
+    # --arms preset --presets infogan_digits): the first run bound no preset, and the goals cover (a) and (d)
+    # though this run's --arms lacks (a)
+    import dataclasses
+
+    two = dataclasses.replace(_plan(), presets=("infogan_digits", "wgan_gp_instance"), seeds=(0,))
+    saved = json.loads(json.dumps(search_value.report(two, [_record("tpe-asha", 0, 0.5, 0.4)], "s", (0, 0, 0)),
+                                  default=str))  # fmt: skip
+    one = dataclasses.replace(_plan(), arms=("preset",), seeds=(0,))
+    records = search_value.earlier_records(saved, one, ROOT / "x.json") + [_record("preset", 0, 0.3, 0.2)]
+    gap = search_value.report(one, records, "t", (0, 0, 0))["goals"]["search_minus_preset_acc_test"]
+    assert gap["per_seed"] == pytest.approx([0.2])
+    saved = json.loads(json.dumps(search_value.report(two, records, "s", (0, 0, 0)), default=str))
+    with pytest.raises(ValueError, match="arm \\(d\\) ran presets"):  # now (d) is on record: bound
+        search_value.earlier_records(saved, one, ROOT / "x.json")
 
 
 def test_append_to_a_missing_results_file_is_one_line(tmp_path, capsys):
