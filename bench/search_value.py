@@ -519,7 +519,9 @@ def git_commit() -> str:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         )
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "trainers", "search", "spaces", "bench"],
+        # the code that ran; bench/results is what it writes (this bench's own JSON, untracked until committed)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "trainers", "search", "spaces", "bench",
+                                ":(exclude)bench/results"],
                                cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
