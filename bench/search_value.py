@@ -164,6 +164,54 @@ class CpuMeter:
         self.seconds = sum(self._seen.values()) - self._start
 
 
+class Children:
+    """The arms' driver processes alive now, so that Ctrl-C stops all of them and starts no more: the seeds'
+    threads each wait on one, a SIGINT reaches only the main thread (or, from a terminal, every process of
+    the group), and a thread whose arm was interrupted must not go on to its next arm."""
+
+    def __init__(self):
+        import threading
+
+        self._lock, self._live, self.stopping = threading.Lock(), set(), False
+
+    def start(self, argv: list[str], **kw):
+        import subprocess
+
+        with self._lock:
+            if self.stopping:
+                raise KeyboardInterrupt
+            proc = subprocess.Popen(argv, **kw)
+            self._live.add(proc)
+            return proc
+
+    def wait(self, proc) -> int:
+        try:
+            return proc.wait()
+        finally:
+            with self._lock:
+                self._live.discard(proc)
+
+    def interrupt_all(self) -> None:
+        """As Ctrl-C in a terminal would: SIGINT to each (the driver stops its trials and exits 130)."""
+        import signal
+
+        with self._lock:
+            self.stopping = True
+            for proc in self._live:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+
+
+CHILDREN = Children()
+
+
+def interrupted(code: int) -> bool:
+    """The driver's own Ctrl-C exit (130), or Python's when SIGINT came before its handler (killed by it)."""
+    import signal
+
+    return code in (130, -signal.SIGINT)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """One bench run: the entry and its budget for every arm, the seeds, where runs are kept."""
@@ -209,8 +257,6 @@ def driver_call(plan: Plan, arm: str, seed: int, spend: int) -> tuple[str, list[
 def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], None]) -> dict[str, Any]:
     """One arm, one seed, through search/driver.py's main in a process of its own (a fresh Ray: a second
     ray.init in one process timed out here under load); its figures read back from Tune's folders."""
-    import subprocess
-
     driver_arm, argv = driver_call(plan, arm, seed, spend)
     log(f"{arm} seed {seed}: search/driver.main(arm={driver_arm!r}) {' '.join(argv)}")
     load, start, began = os.getloadavg(), time.monotonic(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -221,10 +267,15 @@ def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], No
     env = dict(os.environ)
     if plan.worker_niceness is not None:  # Ray's own: the raylet starts every worker at this niceness
         env["RAY_worker_niceness"] = str(plan.worker_niceness)
-    proc = subprocess.Popen([sys.executable, "-c", script, *argv], cwd=ROOT, env=env)
-    with CpuMeter(proc.pid) as cpu:
-        code = proc.wait()
-    if code == 130:
+    proc = CHILDREN.start([sys.executable, "-c", script, *argv], cwd=ROOT, env=env)
+    try:
+        with CpuMeter(proc.pid) as cpu:
+            code = CHILDREN.wait(proc)
+    except KeyboardInterrupt:  # the main thread's (sequential seeds): stop the arm, then stop
+        CHILDREN.interrupt_all()
+        proc.wait()
+        raise
+    if interrupted(code) or CHILDREN.stopping and code != 0:  # no record of an arm cut short
         raise KeyboardInterrupt
     epochs = int(argv[argv.index("--max-epochs") + 1])
     trials = read_trials(plan.out / "ray_results" / argv[argv.index("--experiment") + 1])
@@ -282,8 +333,18 @@ def run_plan(plan: Plan, log: Callable[[str], None], done: Callable[[dict], None
             run_seed(plan, seed, log, done)
         return
     with ThreadPoolExecutor(len(plan.seeds)) as pool:
-        for future in [pool.submit(run_seed, plan, seed, log, done) for seed in plan.seeds]:
-            future.result()
+        futures = [pool.submit(run_seed, plan, seed, log, done) for seed in plan.seeds]
+        try:
+            for future in futures:
+                future.result()
+        except KeyboardInterrupt:  # only the main thread sees Ctrl-C: stop every seed's arm, start none
+            CHILDREN.interrupt_all()
+            for future in futures:
+                try:
+                    future.result()
+                except KeyboardInterrupt:
+                    pass
+            raise
 
 
 def _mean(values: Sequence[float]) -> float:

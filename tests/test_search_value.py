@@ -243,3 +243,44 @@ def test_arms_d_and_e_take_the_spend_of_tpe_ashas_earlier_record(monkeypatch):
         search_value.run_plan(plan, print, lambda r: None, parallel=False)
     search_value.run_plan(dataclasses.replace(plan, spent={1: 24}), print, lambda r: None, parallel=False)
     assert calls == [("preset", 1, 24), ("tpe-fifo", 1, 24)]
+
+
+def test_ctrl_c_with_seeds_side_by_side_stops_every_arm_and_starts_no_next_one(monkeypatch):
+    # the seeds' threads each wait on a driver process; Ctrl-C reaches the main thread only (kill -INT of the
+    # bench): every live arm gets SIGINT, none is recorded, and no thread goes on to its next arm (a thread
+    # whose driver died of SIGINT before its handler, exit -2, once went on to arm (d))
+    import dataclasses
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    monkeypatch.setattr(search_value, "CHILDREN", search_value.Children())
+    started, recorded = [], []
+
+    def fake_arm(plan, arm, seed, spend, log):  # a driver that only waits, as a trial-running one would
+        proc = search_value.CHILDREN.start([sys.executable, "-c", "import time; time.sleep(120)"])
+        started.append((arm, seed, proc))
+        code = search_value.CHILDREN.wait(proc)
+        if search_value.interrupted(code) or search_value.CHILDREN.stopping and code != 0:
+            raise KeyboardInterrupt
+        return {"arm": arm, "seed": seed, "trial_epochs": 10}
+
+    monkeypatch.setattr(search_value, "run_arm", fake_arm)
+    plan = dataclasses.replace(_plan(), seeds=(0, 1), arms=search_value.SEARCH_ARMS)
+    main = threading.main_thread().ident  # a real SIGINT at the main thread (interrupt_main does not wake
+    timer = threading.Timer(3.0, signal.pthread_kill, (main, signal.SIGINT))  # its wait), once both run
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        search_value.run_plan(plan, print, recorded.append, parallel=True)
+    timer.cancel()
+    assert sorted((a, s) for a, s, _ in started) == [("tpe-asha", 0), ("tpe-asha", 1)]
+    assert all(proc.returncode == -2 for *_, proc in started)  # each got SIGINT
+    assert recorded == []
+    with pytest.raises(KeyboardInterrupt):  # and nothing starts after
+        search_value.CHILDREN.start([sys.executable, "-c", "pass"], stdout=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize(("code", "stop"), [(130, True), (-2, True), (0, False), (1, False)])
+def test_an_arms_exit_code_says_whether_it_was_interrupted(code, stop):
+    assert search_value.interrupted(code) is stop
