@@ -212,11 +212,41 @@ def auto_gpus_per_trial(opts: Options, space, prepared, resources: dict[str, flo
     return dataclasses.replace(opts, gpus_per_trial=fraction)
 
 
-def interrupted(results, num_samples: int) -> bool:
+def interrupted(results, num_samples: int, *, tune_handler_fired: bool = False) -> bool:
     """Whether `Tuner.fit` returned because of Ctrl-C: Tune 2.60 catches the first SIGINT, saves the
     experiment and returns normally (tune/tune.py: experiment_interrupted_event), leaving trials unstarted
-    or unfinished; a search that ran to its end has `num_samples` trials, each terminated or errored."""
+    or unfinished; a search that ran to its end has `num_samples` trials, each terminated or errored.
+    That count misses a Ctrl-C once every trial has started: Tune's cleanup after the loop marks the running
+    ones TERMINATED (its snapshot, taken before, keeps them RUNNING, so a rerun resumes them), and the search
+    then looked finished (exit 1, "no trial can be chosen", or a leaderboard of half-trained trials).
+    Hence `tune_handler_fired` (sigint_caught_by_tune)."""
+    if tune_handler_fired:
+        return True
     return len(results) < num_samples or results.num_terminated + results.num_errors < len(results)
+
+
+class sigint_caught_by_tune:
+    """Around Tuner.fit: whether Tune's own SIGINT handler fired. Tune 2.60 installs it for the run (main
+    thread only, unless TUNE_DISABLE_SIGINT_HANDLER) and puts the previous handler back only when it fires
+    (tune/tune.py: _setup_signal_catching); so the previous handler back in place after fit = a Ctrl-C (or
+    Tune's SIGUSR1, its other stop signal)."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._before = signal.getsignal(signal.SIGINT)
+        self._watch = threading.current_thread() is threading.main_thread() and not int(
+            os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0
+        )
+        self.fired = False
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        self.fired = self._watch and signal.getsignal(signal.SIGINT) is self._before
+        return False
 
 
 def trial_dirname(trial) -> str:
@@ -573,12 +603,13 @@ def make_or_restore_tuner(search: Search, parent: ParentRun):
 def fit(tuner, search: Search, parent: ParentRun):
     """Tuner.fit, with the parent run KILLED on Ctrl-C (rerun the same command to resume) or FAILED."""
     try:
-        results = tuner.fit()
+        with sigint_caught_by_tune() as caught:
+            results = tuner.fit()
     except BaseException as err:  # Ctrl-C twice (Tune's last snapshot skipped), a sampled config refused
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         parent.client.set_terminated(parent.run_id, status=status)
         raise
-    if interrupted(results, search.opts.num_samples):
+    if interrupted(results, search.opts.num_samples, tune_handler_fired=caught.fired):
         parent.client.set_terminated(parent.run_id, status="KILLED")
         raise KeyboardInterrupt
     return results
