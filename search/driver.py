@@ -30,6 +30,26 @@ class SearchFailed(Exception):
     """The search ran but cannot end well (no trial can be chosen): one line on stderr, exit status 1."""
 
 
+class ResumeRefused(Exception):
+    """An existing experiment named by a command that would change its plan: one line, exit status 2."""
+
+
+# What a resumed experiment cannot change: Tuner.restore brings back the old trials, searcher and scheduler
+# whatever the new flags say, so a rerun with another --num-samples silently ran the old plan. Resources
+# (--max-concurrent, --cpus/--gpus-per-trial, --max-failures) may change: a resume on another cluster.
+PLAN_PARAMS = ("num_samples", "max_epochs", "grace_epochs", "reduction_factor", "seed", "size", "presets",
+               "objectives", "select")  # fmt: skip
+
+
+def changed_plan(saved: dict[str, str], now: dict[str, Any]) -> str | None:
+    """The first plan parameter the parent run recorded otherwise than this command says, as one line's
+    middle ('--num-samples 2, this command 3'); None when none differs (a key the run lacks is skipped)."""
+    for key in PLAN_PARAMS:
+        if key in saved and key in now and str(now[key]) != saved[key]:
+            return f"--{key.replace('_', '-')} {saved[key]}, this command {now[key]}"
+    return None
+
+
 def main(entry: EntryDefaults, argv: list[str] | None = None, *, arm: str = "tpe-asha") -> int:
     """The search's command line; `arm` names the searcher + scheduler (bench/search_value.py's arms)."""
     # Ray 2.60 turns token auth on for new local clusters; say so explicitly. It must be set before ray is
@@ -54,7 +74,7 @@ def main(entry: EntryDefaults, argv: list[str] | None = None, *, arm: str = "tpe
 
     return run_command(
         body,
-        (SpaceError, DataError, EvaluatorError, ConfigError, SearchFailed),
+        (SpaceError, DataError, EvaluatorError, ConfigError, SearchFailed, ResumeRefused),
         prog=parser.prog,
         exit_codes={SearchFailed: EXIT_FAILED},
         # the experiment's name was fixed above (the default embeds the time): the same command resumes
@@ -434,6 +454,11 @@ def open_parent_run(search: Search) -> ParentRun:
     resuming = tune.Tuner.can_restore(experiment_dir)
     run_id = tracking.find_parent(client, experiment_id, experiment_dir) if resuming else None
     if run_id is not None:
+        if diff := changed_plan(client.get_run(run_id).data.params, _parent_params(search)):
+            raise ResumeRefused(
+                f"--experiment {opts.experiment}: that search exists and ran with {diff}; rerun its own "
+                "command to resume it, or name a new --experiment"
+            )
         client.update_run(run_id, status="RUNNING")
     else:
         run_id = tracking.create_parent(

@@ -264,6 +264,17 @@ def _killed_then_resumed(world: World, tmp: Path, out: subprocess.CompletedProce
     before = set(tune_trials(world.home / "ray_results" / "badinput-ctrlc"))
     assert len(before) == 2  # both had started
 
+    # a rerun that would change the plan is refused, naming the flag (Tuner.restore would run the old one)
+    other = tmp / "other"
+    other.mkdir()
+    changed = [*CTRL_C[:3], "3", *CTRL_C[4:]]  # --num-samples 3
+    refused = _run(Row("search-ctrl-c-changed", changed, 2, "", within=240), world, other)
+    assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+    assert (
+        "--experiment badinput-ctrlc: that search exists and ran with --num-samples 2, this command 3; "
+        "rerun its own command to resume it" in refused.stderr
+    )
+    assert set(tune_trials(world.home / "ray_results" / "badinput-ctrlc")) == before  # nothing touched
     again = tmp / "again"
     again.mkdir()
     rerun = _run(Row("search-ctrl-c-rerun", CTRL_C, 0, "", within=300), world, again)

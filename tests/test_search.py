@@ -329,3 +329,26 @@ def test_ray_tune_really_runs_the_presets_with_a_define_by_run_space(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=180
     )
     assert out.returncode == 0 and "presets ok" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("now", "named"),
+    [
+        ({"num_samples": 2, "max_epochs": 2, "presets": "none"}, None),
+        ({"num_samples": 3, "max_epochs": 2}, "--num-samples 2, this command 3"),
+        ({"num_samples": 2, "presets": "sagan_wgan_gp"}, "--presets none, this command sagan_wgan_gp"),
+        ({"num_samples": 2, "max_concurrent": 8, "max_failures": 5}, None),  # resources may change
+        ({"num_samples": 2, "select": "test"}, None),  # a key the old run lacks is not held against it
+    ],
+)
+def test_a_resume_that_would_change_the_plan_names_the_flag(now, named):
+    from search.driver import changed_plan
+
+    saved = {
+        "num_samples": "2",
+        "max_epochs": "2",
+        "presets": "none",
+        "max_concurrent": "2",
+        "max_failures": "2",
+    }
+    assert changed_plan(saved, now) == named
