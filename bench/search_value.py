@@ -605,8 +605,9 @@ def earlier_records(saved: Mapping[str, Any], plan: Plan, path: Path) -> list[di
                 got = "missing" if theirs is None else f"{diff}={theirs.get(diff)}"
                 raise ValueError(f"--append {path}: its runs had {got}, this one {diff}={ours[diff]}")
         elif key == "presets" and list(theirs or []) != list(ours):
-            # only arm (d) runs presets: an earlier run with none of its records on file does not bind them
-            if any(r.get("arm") == "preset" for r in saved.get("records", [])):
+            # only arm (d) runs presets, and only one that ended well binds them (a failed or interrupted
+            # one has no champion; rerun, it is replaced)
+            if any(r.get("arm") == "preset" and r.get("exit") == 0 for r in saved.get("records", [])):
                 raise ValueError(f"--append {path}: its arm (d) ran presets {theirs}, this one {list(ours)}")
         elif key == "dataset" and theirs is not None and theirs != ours:
             raise ValueError(f"--append {path}: its runs are on {theirs}, this one on {ours}")

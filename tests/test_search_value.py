@@ -170,9 +170,10 @@ def _plan(**budget):
     )  # fmt: skip
 
 
-def _record(arm: str, seed: int, val: float, test: float) -> dict:
+def _record(arm: str, seed: int, val: float, test: float, exit: int = 0) -> dict:
     champ = {"trial_id": f"{arm}{seed}", "acc_val": val, "acc_test": test, "final_acc_val_std": 0.01}
-    return {"arm": arm, "seed": seed, "champion": champ, "trial_epochs": 10, "finals": [], "curve": []}
+    return {"arm": arm, "seed": seed, "champion": champ, "trial_epochs": 10, "finals": [], "curve": [],
+            "exit": exit}  # fmt: skip
 
 
 def test_append_keeps_an_earlier_runs_seeds_and_goals_cover_them_all():
@@ -213,10 +214,11 @@ def test_append_takes_other_presets_while_no_preset_arm_is_on_record_and_goals_f
     import dataclasses
 
     two = dataclasses.replace(_plan(), presets=("infogan_digits", "wgan_gp_instance"), seeds=(0,))
-    saved = json.loads(json.dumps(search_value.report(two, [_record("tpe-asha", 0, 0.5, 0.4)], "s", (0, 0, 0)),
-                                  default=str))  # fmt: skip
+    failed = _record("preset", 0, float("nan"), float("nan"), exit=1)  # an arm (d) that failed binds nothing
+    saved = json.loads(json.dumps(search_value.report(two, [_record("tpe-asha", 0, 0.5, 0.4), failed], "s",
+                                                      (0, 0, 0)), default=str))  # fmt: skip
     one = dataclasses.replace(_plan(), arms=("preset",), seeds=(0,))
-    records = search_value.earlier_records(saved, one, ROOT / "x.json") + [_record("preset", 0, 0.3, 0.2)]
+    records = search_value.earlier_records(saved, one, ROOT / "x.json")[:1] + [_record("preset", 0, 0.3, 0.2)]
     gap = search_value.report(one, records, "t", (0, 0, 0))["goals"]["search_minus_preset_acc_test"]
     assert gap["per_seed"] == pytest.approx([0.2])
     saved = json.loads(json.dumps(search_value.report(two, records, "s", (0, 0, 0)), default=str))
