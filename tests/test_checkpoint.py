@@ -189,8 +189,24 @@ def test_a_checkpoint_saved_with_d_norm_spectral_loads_and_trains_on(tmp_path):
     got = torch.load(tmp_path / "last.pt", weights_only=True)
     expected = torch.load(FIXTURES / "sagan_spectral_epoch2_weights.pt", weights_only=True)
     assert got["step"] == expected["step"] == 12
+    # A conv bias feeding a batch norm has zero gradient in exact arithmetic (the norm subtracts the batch mean),
+    # so what it gets is rounding noise, which Adam scales to steps of lr's size: another CPU's rounding sends it,
+    # and the running mean that tracks it, elsewhere (CI's did; a 1e-7 relative nudge of the epoch-1 weights moves
+    # them by up to 7 lr here, every other weight by < 1.5e-4 relative). Those are held to Adam's bound on a step,
+    # lr (1 - beta1) / sqrt(1 - beta2) (Kingma & Ba 2015, sec. 2.1), per step resumed, either way; the rest to
+    # rounding.
+    steps = expected["step"] - state["step"]
+    adam_bound = 2 * steps * cfg.lr_g * max(1.0, (1 - cfg.beta1) / (1 - cfg.beta2) ** 0.5)
     for net in ("G", "D", "G_ema"):
         assert got[net].keys() == expected[net].keys()
-        for key, value in expected[net].items():  # tolerance: another CPU may round convolutions otherwise
-            torch.testing.assert_close(got[net][key], value, rtol=1e-4, atol=1e-6, msg=f"{net}.{key}")
+        blocks_with_bn = {
+            k.removesuffix(".norm.bn.running_mean") for k in expected[net] if "bn.running_mean" in k
+        }
+        unpinned = {f"{b}.{leaf}" for b in blocks_with_bn for leaf in ("conv.bias", "norm.bn.running_mean")}
+        assert net == "D" or unpinned & expected[net].keys()  # G's DCGAN blocks have them: the check bites
+        for key, value in expected[net].items():
+            if key in unpinned:
+                assert (got[net][key] - value).abs().max() <= adam_bound, f"{net}.{key}"
+            else:  # tolerance: another CPU may round convolutions otherwise
+                torch.testing.assert_close(got[net][key], value, rtol=1e-4, atol=1e-6, msg=f"{net}.{key}")
     assert ckpt.load_generator(old)[1] == cfg
