@@ -260,6 +260,7 @@ def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], No
     driver_arm, argv = driver_call(plan, arm, seed, spend)
     log(f"{arm} seed {seed}: search/driver.main(arm={driver_arm!r}) {' '.join(argv)}")
     load, start, began = os.getloadavg(), time.monotonic(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    commit = git_commit()  # the code the arm starts with: a commit landing while it runs is not its
     script = (
         "import sys; from bench.search_value import child; "
         f"sys.exit(child({plan.dataset!r}, {plan.overrides!r}, {driver_arm!r}, sys.argv[1:]))"
@@ -286,7 +287,7 @@ def run_arm(plan: Plan, arm: str, seed: int, spend: int, log: Callable[[str], No
         curve = best_so_far(trials, max_epochs=epochs)
     record = {"arm": arm, "seed": seed, "finals": finals(trials, plan.presets if arm == "preset" else ()), "exit": code, "argv": argv, "max_epochs": epochs,
               "started": began,
-              "machine": machine(), "commit": git_commit(),
+              "machine": machine(), "commit": commit,
               "trials": len(trials), "finished": sum(_eligible(r, epochs) for r in trials.values()),
               "trial_epochs": trial_epochs(trials), "champion": champ,
               "curve": curve, "cpu_s": round(cpu.seconds, 1), "wall_s": round(time.monotonic() - start, 1),
