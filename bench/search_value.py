@@ -223,7 +223,7 @@ class Plan:
     arms: tuple[str, ...]
     presets: tuple[str, ...]  # arm (d): each trained alone
     out: Path  # Tune storage and the MLflow store of every arm
-    extra: tuple[str, ...]  # driver flags for every arm (--evaluator, --max-concurrent)
+    extra: tuple[str, ...]  # driver flags for every arm (--evaluator, --max-concurrent, --cpus-per-trial)
     stamp: str
     worker_niceness: int | None = (
         None  # the trials' niceness, when the driver and Ray's daemons run at another
@@ -474,6 +474,12 @@ def build_parser():
     p.add_argument("--evaluator-floor", type=float, help="default: the entry's cpu budget")
     p.add_argument("--max-concurrent", type=positive_int, help="trials at once (default: what the CPUs hold)")
     p.add_argument(
+        "--cpus-per-trial",
+        type=positive_int,
+        help="torch threads per trial (the driver's; default 1): arm (d) runs one trial per preset, so on a "
+        "machine with more cores than presets x seeds they would sit idle; the CPU-s column counts them all",
+    )
+    p.add_argument(
         "--home", type=Path, help="search home for cached data and judges (default: $CGAN_SEARCH_HOME)"
     )
     p.add_argument(
@@ -548,6 +554,7 @@ def make_plan(args, parser) -> Plan:
     extra = ["--evaluator", args.evaluator] if args.evaluator else []
     extra += ["--data", args.data] if args.data else []
     extra += ["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []
+    extra += ["--cpus-per-trial", str(args.cpus_per_trial)] if args.cpus_per_trial else []
     out = (args.out or default_home() / "search-value").expanduser().resolve()
     return Plan(dataset=args.dataset, overrides=overrides, budget=budget, seeds=tuple(args.seeds),
                 arms=tuple(args.arms), presets=presets, out=out, extra=tuple(extra),

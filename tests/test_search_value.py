@@ -286,3 +286,19 @@ def test_ctrl_c_with_seeds_side_by_side_stops_every_arm_and_starts_no_next_one(m
 @pytest.mark.parametrize(("code", "stop"), [(130, True), (-2, True), (0, False), (1, False)])
 def test_an_arms_exit_code_says_whether_it_was_interrupted(code, stop):
     assert search_value.interrupted(code) is stop
+
+
+def test_resource_flags_reach_every_arms_driver():
+    """--cpus-per-trial and --max-concurrent go to the driver of every arm, as the driver's own flags."""
+    parser = search_value.build_parser()
+    args = parser.parse_args(["--dataset", "digits", "--cpus-per-trial", "2", "--max-concurrent", "1"])
+    plan = search_value.make_plan(args, parser)
+    for arm in search_value.ALL_ARMS:
+        argv = search_value.driver_call(plan, arm, seed=0, spend=20)[1]
+        assert argv[argv.index("--cpus-per-trial") + 1] == "2", arm
+        assert argv[argv.index("--max-concurrent") + 1] == "1", arm
+    from search.digits import DIGITS
+    from search.options import build_parser as driver_parser  # they are the driver's flags, spelled so
+
+    known = {s for a in driver_parser(DIGITS, "search/digits.py")._actions for s in a.option_strings}
+    assert {"--cpus-per-trial", "--max-concurrent"} <= known
