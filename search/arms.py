@@ -113,12 +113,18 @@ def make_searcher(opts, space, presets: Mapping[str, Mapping[str, Any]], arm: st
     return SEARCHERS[lookup(arm).searcher](opts, space, dict(presets))
 
 
-def _asha(opts):
-    from ray.tune.schedulers import ASHAScheduler
+def scheduler_callbacks(scheduler) -> list:
+    """The callbacks that keep `scheduler`'s state in Tune's experiment snapshots (none for a stateless one)."""
+    from search.asha import AshaState, ResumableASHA
 
+    return [AshaState(scheduler)] if isinstance(scheduler, ResumableASHA) else []
+
+
+def _asha(opts):
+    from search.asha import ResumableASHA
     from search.optuna_bridge import TIME_ATTR
 
-    return ASHAScheduler(
+    return ResumableASHA(
         time_attr=TIME_ATTR,
         metric=opts.decision,
         mode="max",  # an accuracy

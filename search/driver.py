@@ -322,20 +322,21 @@ def make_tuner(opts: Options, trainable, *, searcher, callback, concurrency: int
     from search import arms
     from search.report import progress_reporter
 
+    # ASHA on opts.decision (acc_val unless --select test), or another arm's (search/arms.py)
+    scheduler = arms.make_scheduler(opts, opts.arm)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
             # metric and mode live on the searcher and the scheduler (giving them twice raises)
-            # ASHA on opts.decision (acc_val unless --select test), or another arm's (search/arms.py)
-            scheduler=arms.make_scheduler(opts, opts.arm),
+            scheduler=scheduler,
             num_samples=opts.num_samples,
             trial_dirname_creator=trial_dirname,  # the default embeds the whole config in the path
         ),
         run_config=tune.RunConfig(
             name=opts.experiment,
             storage_path=opts.storage,
-            callbacks=[callback],
+            callbacks=[callback, *arms.scheduler_callbacks(scheduler)],  # ASHA's rungs survive a resume
             checkpoint_config=checkpoint_config(),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             progress_reporter=progress_reporter(opts.decision_metrics),

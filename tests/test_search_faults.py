@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import signal
 import subprocess
 import time
@@ -111,6 +112,15 @@ def test_dead_worker_is_retried_and_a_killed_driver_resumes(home, tmp_path):
         r.info.status == "FINISHED" and r.data.tags["optuna.state"] in ("COMPLETE", "PRUNED")
         for r in children
     )
+
+    # ASHA's rungs came back with the experiment (search/asha.py), so it stopped trials at rungs only: a fresh
+    # ASHA judged a resumed trial again at rungs it had passed (CI, 2026-12-03: stopped at epoch 7 of 8).
+    assert re.search(r"ASHA resumes with its [1-9]\d* rung records", out.stdout), out.stdout[-3000:]
+    plan = parents[0].data.params
+    grace, rf = int(plan["grace_epochs"]), int(plan["reduction_factor"])
+    rungs = {grace * rf**k for k in range(epochs) if grace * rf**k < epochs}
+    ends = {tid: results[-1]["epoch"] for tid, results in trials.items() if not results[-1].get("diverged")}
+    assert all(e == epochs or e in rungs for e in ends.values()), (ends, rungs)
 
     # The retried trial resumed from its checkpoint (not from epoch 1) and kept its one MLflow run.
     results = trials[victim]
