@@ -28,6 +28,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -414,7 +415,9 @@ COLORS = {"tpe-asha": "tab:red", "stock-asha": "tab:orange", "random-asha": "tab
 
 def plot(records: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
     """Best-so-far decision accuracy (left) and the test accuracy of that trial (right) against trial-epochs;
-    one line per arm and seed; the preset arm is its one trial's accuracy at every epoch."""
+    one line per arm and seed; the preset arm is its one trial's accuracy at every epoch. Arms often crown
+    the same trial (the sampler's random startup trials are shared), so their lines are drawn nested: the
+    first arm widest and underneath, each later one thinner on top, and an equal curve shows as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -428,7 +431,9 @@ def plot(records: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Pat
             continue
         x, val, test = zip(*r["curve"], strict=True)
         label = r["arm"] if r["seed"] == seeds[0] else None
-        kw = {"color": COLORS[r["arm"]], "linestyle": styles[seeds.index(r["seed"]) % 4], "where": "post"}
+        depth = len(ALL_ARMS) - 1 - ALL_ARMS.index(r["arm"])  # 0 for the last arm: thinnest, on top
+        kw = {"color": COLORS[r["arm"]], "linestyle": styles[seeds.index(r["seed"]) % 4], "where": "post",
+              "linewidth": 1.2 + 1.4 * depth, "zorder": 10 - depth, "solid_capstyle": "butt"}  # fmt: skip
         axes[0].step(x, val, label=label, **kw)
         axes[1].step(x, test, **kw)
     for ax, name in zip(axes, ("best-so-far acc_val (decision)", "acc_test of that trial"), strict=True):
@@ -436,9 +441,14 @@ def plot(records: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Pat
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[0].legend(
-        fontsize=8, title=f"seeds {', '.join(map(str, seeds))}: " + " / ".join(styles[: len(seeds)])
+        fontsize=8,
+        title=f"seeds {', '.join(map(str, seeds))}: "
+        + " / ".join(styles[: len(seeds)])
+        + "\n(equal lines nest)",
     )
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(
+        "\n".join(textwrap.wrap(title, 150)), fontsize=10
+    )  # three runs' start times overflowed one line
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

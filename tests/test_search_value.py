@@ -302,3 +302,22 @@ def test_resource_flags_reach_every_arms_driver():
 
     known = {s for a in driver_parser(DIGITS, "search/digits.py")._actions for s in a.option_strings}
     assert {"--cpus-per-trial", "--max-concurrent"} <= known
+
+
+def test_arms_that_crown_the_same_trial_all_show_in_the_plot(tmp_path):
+    # On i-CLEVR's cpu budget every arm crowned the same startup trial, and the plot drew their equal lines
+    # over each other: only the last arm's colour was left. Nested widths keep each one visible.
+    import matplotlib.colors
+    import matplotlib.image
+    import numpy as np
+
+    curve = [(3, 0.2, 0.18), (6, 0.25, 0.22), (9, 0.25, 0.22)]
+    records = [
+        {**_record(arm, 0, 0.25, 0.22), "curve": curve} for arm in ("tpe-asha", "stock-asha", "tpe-fifo")
+    ]
+    path = search_value.plot(records, tmp_path / "p.png", title="equal curves " * 30)
+    image = matplotlib.image.imread(path)[..., :3]
+    for arm in ("tpe-asha", "stock-asha", "tpe-fifo"):
+        rgb = np.array(matplotlib.colors.to_rgb(search_value.COLORS[arm]))
+        # the legend's handle alone is ~100 pixels of the colour; a visible line in both panels is far more
+        assert (np.abs(image - rgb).max(axis=-1) < 0.2).sum() > 1000, arm  # 0.2: thin lines are anti-aliased
