@@ -131,9 +131,30 @@ def start_ray(address: str | None) -> bool:
         raise RuntimeError(
             f"set {LOOPBACK_ONLY_ENV}=0 before importing ray: a local Ray would listen on all interfaces"
         )
-    ray.init(address=target, include_dashboard=False if local else None, log_to_driver=True)
+    ray.init(address=target, include_dashboard=False if local else None, log_to_driver=True,
+             runtime_env=worker_runtime_env())  # fmt: skip
     secure_auth_token(create=False)  # a token file Ray wrote itself (0644) is tightened too
     return local
+
+
+WORKER_SETUP = "search.worker_setup.quiet_sigterm_exit"  # drops Ray's SIGTERM traceback (its docstring: why)
+
+
+def worker_runtime_env() -> dict[str, str] | None:
+    """The job's runtime env as ray.init sees it: our worker setup hook, unless `ray job submit` gave the
+    job one of its own (Ray merges the job's runtime env with ray.init's and refuses a field set twice; the
+    user's hook wins, and workers then print Ray's SIGTERM tracebacks as before)."""
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    try:
+        job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}").get("runtime_env") or {}
+    except (ValueError, AttributeError):  # not ours to judge: Ray reads it again and says what is wrong
+        job = {}
+    if job.get("worker_process_setup_hook"):
+        return None
+    return {"worker_process_setup_hook": WORKER_SETUP}
 
 
 def secure_auth_token(*, create: bool) -> None:

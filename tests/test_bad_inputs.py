@@ -150,7 +150,9 @@ def ours(text: str) -> str:
     """The output less Ray's worker-teardown noise: Ray stops an idle worker with SIGTERM, its handler raises
     SystemExit wherever the worker is, and inside a garbage-collection callback Python can only print it
     ("Exception ignored", with a traceback ending in ray's sigterm_handler), which Ray forwards to the driver.
-    Dropped: every forwarded line of a worker whose output shows that handler; any other traceback stays."""
+    Dropped: every forwarded line of a worker whose output shows that handler; any other traceback stays.
+    The search's workers drop that report themselves now (search/worker_setup.py, tests/test_worker_setup.py);
+    this stays for a worker stopped before its setup hook has run."""
     lines = [_ANSI.sub("", line) for line in text.splitlines()]
     teardown = {m.group(2) for line in lines if (m := _WORKER.match(line)) and "sigterm_handler" in line}
     return "\n".join(line for line in lines if not ((m := _WORKER.match(line)) and m.group(2) in teardown))
