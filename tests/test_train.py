@@ -117,6 +117,20 @@ def test_divergence_ends_the_trial(tmp_path):
         )
 
 
+def test_a_diverged_run_at_the_cli_exits_3_with_its_one_line_last(tmp_path):
+    # the recipe's failure, not the user's (trainers.cli.EXIT_DIVERGED); the progress bar is closed first, so
+    # the error is the last thing on the terminal, not a half-drawn bar after it
+    argv = ["-m", "trainers.train", "--preset", "dcgan_nonsat", "--data", "digits", "--size", "16",
+            "--epochs", "2", "--eval-every", "100", "--threads", "1", "--out", str(tmp_path / "run"),
+            "--set", "lr_g=1e10", "--set", "lr_d=1e10", "--set", "d_norm=none", "--set", "g_norm=none"]  # fmt: skip
+    env = {**__import__("os").environ, "CGAN_SEARCH_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300, env=env)
+    last = out.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert last.startswith("python -m trainers.train: error: training diverged: non-finite loss"), last
+    assert "Traceback" not in out.stderr and out.stderr.count("error:") == 1
+
+
 def test_epoch_means_one_pass_of_d_over_the_data():
     assert steps_per_epoch(18_000, config(batch_size=64, n_critic=1)) == 281
     assert steps_per_epoch(18_000, config(batch_size=64, n_critic=5)) == 56

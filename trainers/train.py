@@ -253,32 +253,36 @@ def train(
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     bar = _progress(total=(epochs - start) * spe, enabled=progress and start < epochs)
 
-    for epoch in range(start + 1, epochs + 1):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for i in range(spe):
-            train_step(gan, data, sampler)
-            if (i + 1) % LOG_EVERY == 0:
-                bar.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in gan.read_losses().items()})
-            bar.update(1)
-        losses = gan.read_losses()  # raises Diverged
-        clock["train_seconds"] += time.perf_counter() - t0
-        clock["train_cpu_seconds"] += time.process_time() - c0
-        if epoch % eval_every and epoch != epochs:
-            continue
-        metrics = {**losses, **clock, **harness.metrics()}
-        grids = harness.grids(out_dir, epoch)
-        improved = metrics.get(select, -math.inf) > best_acc
-        best_acc = max(best_acc, metrics.get(select, -math.inf))
-        state = make_checkpoint(gan, epoch=epoch, data_generator=sampler, data_info=info, metrics=metrics)
-        state["best_acc"] = best_acc
-        save_checkpoint(state, last)
-        if improved:
-            save_checkpoint(state, best)
-        if callback is not None:
-            callback(
-                EvalReport(epoch=epoch, step=gan.step, metrics=dict(metrics), checkpoint=last, grids=grids)
-            )
-    bar.close()
+    try:  # closed before a Diverged or Ctrl-C reaches the CLI: its one line is then the last one printed
+        for epoch in range(start + 1, epochs + 1):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for i in range(spe):
+                train_step(gan, data, sampler)
+                if (i + 1) % LOG_EVERY == 0:
+                    bar.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in gan.read_losses().items()})
+                bar.update(1)
+            losses = gan.read_losses()  # raises Diverged
+            clock["train_seconds"] += time.perf_counter() - t0
+            clock["train_cpu_seconds"] += time.process_time() - c0
+            if epoch % eval_every and epoch != epochs:
+                continue
+            metrics = {**losses, **clock, **harness.metrics()}
+            grids = harness.grids(out_dir, epoch)
+            improved = metrics.get(select, -math.inf) > best_acc
+            best_acc = max(best_acc, metrics.get(select, -math.inf))
+            state = make_checkpoint(gan, epoch=epoch, data_generator=sampler, data_info=info, metrics=metrics)
+            state["best_acc"] = best_acc
+            save_checkpoint(state, last)
+            if improved:
+                save_checkpoint(state, best)
+            if callback is not None:
+                callback(
+                    EvalReport(
+                        epoch=epoch, step=gan.step, metrics=dict(metrics), checkpoint=last, grids=grids
+                    )
+                )
+    finally:
+        bar.close()
     return {
         "epoch": max(start, epochs),
         "step": gan.step,
