@@ -180,3 +180,27 @@ def test_diverging_trials_finish_as_acc_zero_and_the_multi_objective_search_goes
     version = client.get_model_version_by_alias("digits-cgan", "champion")
     assert version.tags["trial_run_id"] not in {r.info.run_id for r in diverged}
     assert "promoted: models:/digits-cgan@champion" in out.stdout
+
+
+def test_a_search_where_every_trial_diverges_exits_1_in_one_line(home, tmp_path):
+    """EXIT_FAILED end to end: nothing can be chosen (every trial diverged), so the search says so in one line
+    naming the experiment and where the errors are, marks its parent run FAILED, and promotes nothing."""
+    # both rates absurd and late conditioning: with a projection D, or lr_g sane, a trial stayed finite (acc 0.1)
+    space = write_space(tmp_path / "all-diverge.yaml", loss="bce", d_norm="none", g_norm="none",
+                        gp_lambda="10.0", lr_d="1.0e+10", lr_g="1.0e+10", d_cond="late")  # fmt: skip
+    experiment = "all-diverge"
+    out, _ = run_search(
+        home,
+        *("--smoke-test", "--space", str(space), "--num-samples", "2", "--max-epochs", "2"),
+        *("--experiment", experiment, "--promote"),
+        entry="digits",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and f"no trial of {experiment} can be chosen (2 trials:" in errors[0], out.stderr
+    assert "2 diverged" in errors[0] and "Traceback" not in out.stderr
+    _, parents, children = mlflow_runs(home, experiment)
+    assert parents[0].info.status == "FAILED" and len(children) == 2
+    assert all(r.data.tags["search.diverged"] == "true" for r in children)
+    assert "promoted:" not in out.stdout
