@@ -681,19 +681,22 @@ def finish(search: Search, parent: ParentRun, results) -> int:
         asha=(opts.grace_epochs, opts.reduction_factor),
     )
     if opts.promote and summary.best is not None:
-        from search.promote import promote
+        from search.promote import ChampionKept, promote
 
-        version = promote(
-            client,
-            opts.experiment,
-            metric=opts.decision,
-            objectives=opts.decision_metrics,  # acc,fid: from the Pareto front, the rule the summary used
-            allow_pruned=opts.allow_pruned,
-            alias="champion",
-            model_name=opts.entry.model_name,
-            log=_say,
-        )
-        _say(f"promoted: models:/{opts.entry.model_name}@champion (version {version.version})")
+        try:
+            version = promote(
+                client,
+                opts.experiment,
+                metric=opts.decision,
+                objectives=opts.decision_metrics,  # acc,fid: from the Pareto front, the rule the summary used
+                allow_pruned=opts.allow_pruned,
+                alias="champion",
+                model_name=opts.entry.model_name,
+                log=_say,
+            )
+            _say(f"promoted: models:/{opts.entry.model_name}@champion (version {version.version})")
+        except ChampionKept as kept:  # an earlier search's better champion stays: the search itself succeeded
+            _say(f"not promoted: {kept} (python -m search.promote --experiment {opts.experiment} --force)")
     if summary.best is None:
         client.set_terminated(parent.run_id, status="FAILED")
         raise SearchFailed(

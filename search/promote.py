@@ -1,7 +1,7 @@
 """Register the best finished trial's generator in the MLflow model registry and point an alias at it.
 
     python -m search.promote --experiment NAME [--metric acc | --objectives acc,fid [--fid-slack 0.25]]
-                             [--allow-pruned] [--alias champion] [--tracking-uri URI]
+                             [--allow-pruned] [--alias champion] [--force] [--tracking-uri URI]
 
 Candidates are the experiment's trial runs that ran to the search's `max_epochs` (the parent run's param)
 and did not diverge: ASHA stops trials on an early score, and a lucky one-epoch accuracy is not a recipe's
@@ -13,6 +13,12 @@ The chosen run's checkpoint artifact gives the generator (EMA weights when the t
 logged to that run as a pyfunc model (search/pyfunc.py), registered as the search's model name (clevr-cgan,
 digits-cgan; or --model-name), the alias set, and the version tagged with the config, metrics, the rule
 that chose it, and the data and evaluator fingerprints.
+
+The alias moves only forward: when it already points at a version scored by the same judge on the same data
+(equal fingerprints, so the same val label sets: trainers.evaluator.protocol.VAL_SEED is fixed) and that
+version is better on the ranking metric (with --objectives acc,fid: it dominates the candidate), nothing is
+registered and the alias stays, said in one line; `--force` moves it anyway. A version from another judge or
+other data is not comparable: the alias moves, and the line says it was not compared.
 """
 
 from __future__ import annotations
@@ -37,6 +43,15 @@ FID_SLACK = 0.25  # a front trial may have up to 25% more FID than the front's b
 
 class PromoteError(RuntimeError):
     """Nothing to promote, or an unknown experiment (one line, exit status 2)."""
+
+
+class ChampionKept(Exception):  # noqa: N818 (an outcome, not an error: the CLI exits 0 on it)
+    """The alias already points at a better comparable version: nothing was registered. `version` is that
+    version; the message says why, in one line."""
+
+    def __init__(self, message: str, version) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 def finished(row: Mapping[str, Any], max_epochs: int | None) -> bool:
@@ -163,6 +178,72 @@ def best_trial_run(
     raise PromoteError(f"no trial to promote with {need} and a checkpoint ({why}){hint}")
 
 
+def aliased_version(client, name: str, alias: str):
+    """The version `name@alias` points at, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None  # no such model (sqlite: RESOURCE_DOES_NOT_EXIST) or no such alias on it
+        raise
+
+
+def outranked_by(old: Mapping[str, str], new: Mapping[str, str], objectives: Sequence[str]) -> str | None:
+    """Why the version tagged `old` should keep its alias against a candidate tagged `new` (both a version's
+    tags: fingerprints and metric.<name>), or None when the candidate should get it. Only comparable
+    versions (same data and evaluator fingerprints, every objective recorded on both) can keep it; one
+    objective: the old one is strictly better; several: the old one dominates (as good on all, better on one)."""
+    for key in ("data_fingerprint", "evaluator_fingerprint"):
+        if not old.get(key) or old.get(key) != new.get(key):
+            return None
+    try:
+        pairs = [(float(old[f"metric.{m}"]), float(new[f"metric.{m}"])) for m in objectives]
+    except (KeyError, ValueError):
+        return None
+    if not all(math.isfinite(a) for a, _ in pairs):
+        return None
+    better = [a < b if m in LOWER_IS_BETTER else a > b for m, (a, b) in zip(objectives, pairs, strict=True)]
+    worse = [a > b if m in LOWER_IS_BETTER else a < b for m, (a, b) in zip(objectives, pairs, strict=True)]
+    if not any(better) or any(worse):
+        return None
+    shown = ", ".join(f"{m} {a:.4g} vs {b:.4g}" for m, (a, b) in zip(objectives, pairs, strict=True))
+    return shown if len(objectives) == 1 else f"it dominates: {shown}"
+
+
+def comparison_note(old: Mapping[str, str], new: Mapping[str, str], objectives: Sequence[str]) -> str:
+    """Why a previous version lost its alias, in words (for the promote line)."""
+    for key, what in (("data_fingerprint", "data"), ("evaluator_fingerprint", "judge")):
+        if not old.get(key) or old.get(key) != new.get(key):
+            return f"not compared: scored with another {what}"
+    missing = [m for m in objectives if f"metric.{m}" not in old]
+    if missing:
+        return f"not compared: it records no {'/'.join(missing)}"
+    return ", ".join(f"{m} {float(old[f'metric.{m}']):.4g}" for m in objectives)
+
+
+def _candidate_tags(run, parent) -> dict[str, str]:
+    """The fingerprints and metrics a version of `run` would record, to weigh against the alias's version."""
+    return {
+        "data_fingerprint": parent.data.tags.get("search.data_fingerprint", ""),
+        "evaluator_fingerprint": parent.data.tags.get("search.evaluator_fingerprint", ""),
+        **{f"metric.{k}": f"{v:.6g}" for k, v in run.data.metrics.items()},
+    }
+
+
+def _keep_a_better_champion(current, candidate: Mapping[str, str], run, objectives, *, name: str, alias: str):
+    """Raise ChampionKept when `current` (the aliased version) outranks the `candidate` tags of `run`."""
+    if why := outranked_by(current.tags, candidate, objectives):
+        raise ChampionKept(
+            f"kept models:/{name}@{alias} at version {current.version} (trial "
+            f"{current.tags.get('trial_id', '?')}): it is better than this search's best, trial "
+            f"{run.data.tags.get('ray.trial_id', '')} ({why}); nothing registered; --force moves the alias "
+            "anyway",
+            current,
+        )
+
+
 def decision_metric(client, experiment_id: str) -> str:
     """What the experiment's search decided on (its parent run's tag), else acc (searches before val sets)."""
     from search.tracking import ROLE_TAG
@@ -194,12 +275,14 @@ def promote(
     allow_pruned: bool = False,
     alias: str = "champion",
     model_name: str | None = None,
+    force: bool = False,
     log: Callable[[str], None] = print,
 ):
     """Log, register and alias the chosen trial's generator (module doc: the rule); returns the ModelVersion.
     `objectives` ("acc", "fid") chooses from the Pareto front of (`metric`, fid); else the best `metric`.
     `metric` None: the one the search decided on (its parent run's search.decision_metric: acc_val, or acc
-    for a --select test search or one from before val sets)."""
+    for a --select test search or one from before val sets). Raises ChampionKept (nothing registered) when
+    `alias` points at a better comparable version, unless `force` (module doc)."""
     import mlflow
 
     from search.tracking import PARENT_TAG
@@ -217,16 +300,23 @@ def promote(
         raise PromoteError(f"experiment {experiment!r}: {err}") from None
     parent = client.get_run(run.data.tags[PARENT_TAG])
     name = model_name or parent.data.tags.get("search.model_name") or f"{experiment}-cgan"
+    shown = ", ".join(f"{m} {run.data.metrics[m]:.4f}" for m in objectives)
+    candidate = _candidate_tags(run, parent)
+    current = aliased_version(client, name, alias)
+    if current is not None and not force:
+        _keep_a_better_champion(current, candidate, run, objectives, name=name, alias=alias)
     model_uri, slim, info = _log_generator_model(client, run.info.run_id)
     version = mlflow.register_model(model_uri, name)
     client.set_registered_model_alias(name, alias, version.version)
     tags = _version_tags(run, parent, slim=slim, info=info, experiment=experiment, rule=rule)
     for key, value in tags.items():
         client.set_model_version_tag(name, version.version, key, value)
-    shown = ", ".join(f"{m} {run.data.metrics[m]:.4f}" for m in objectives)
+    moved = "" if current is None else f"; it was on version {current.version}: "
+    if current is not None:
+        moved += comparison_note(current.tags, candidate, objectives) + (", --force" if force else "")
     log(
         f"registered {name} version {version.version} (alias {alias}) from trial {tags['trial_id']}: "
-        f"{shown} ({rule})"
+        f"{shown} ({rule}){moved}"
     )
     return version
 
@@ -332,7 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
         "alias on it. Candidates: trials that ran to the search's max_epochs and did not diverge (with "
         "--allow-pruned also those ASHA stopped). One objective: the best final --metric. --objectives "
         "acc,fid: among the Pareto-optimal trials (no other candidate is as good on both and better on "
-        "one) whose FID is at most (1 + --fid-slack) x the lowest FID on the front, the highest acc.",
+        "one) whose FID is at most (1 + --fid-slack) x the lowest FID on the front, the highest acc. "
+        "The alias only moves forward: if it points at a version scored by the same judge on the same data "
+        "that is better on that metric (or dominates on acc,fid), nothing is registered and it stays "
+        "(exit 0, one line); --force moves it anyway.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--experiment", required=True, help="the search's MLflow experiment (its --experiment)")
@@ -361,6 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--alias", type=_alias, default="champion", help="registry alias to point at the new version"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="move the alias even when the version it points at is better (same judge, same data)",
     )
     p.add_argument(
         "--model-name",
@@ -396,16 +494,21 @@ def main(argv: list[str] | None = None) -> int:
     client = MlflowClient(uri)
 
     def body() -> None:
-        version = promote(
-            client,
-            args.experiment,
-            metric=args.metric,  # None: the search's own decision metric
-            objectives=args.objectives,
-            fid_slack=args.fid_slack,
-            allow_pruned=args.allow_pruned,
-            alias=args.alias,
-            model_name=args.model_name,
-        )
+        try:
+            version = promote(
+                client,
+                args.experiment,
+                metric=args.metric,  # None: the search's own decision metric
+                objectives=args.objectives,
+                fid_slack=args.fid_slack,
+                allow_pruned=args.allow_pruned,
+                alias=args.alias,
+                model_name=args.model_name,
+                force=args.force,
+            )
+        except ChampionKept as kept:  # not an error: a job that promotes after every search goes on
+            print(kept)
+            version = kept.version
         print(f"models:/{version.name}@{args.alias}")
 
     return run_command(body, (PromoteError,), prog=parser.prog)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.promote import PromoteError, choose, pareto_front, promote
+from search.promote import ChampionKept, PromoteError, choose, outranked_by, pareto_front, promote
 from search.pyfunc import multi_hot
 from search.tracking import PARENT_TAG, ROLE_TAG, STATE_TAG, TRIAL_TAG, create_parent, ensure_experiment
 from trainers.config import TrainConfig
@@ -107,12 +107,10 @@ def test_promote_registers_the_best_final_acc_and_tags_it(experiment):
 
 def test_fid_ranks_lowest_first_and_aliases_move(experiment):
     client, _ = experiment
-    first = promote(client, "promo", log=lambda _: None)
-    second = promote(client, "promo", metric="fid", alias="champion", log=lambda _: None)
+    first = promote(client, "promo", alias="moves", log=lambda _: None)
+    second = promote(client, "promo", metric="fid", alias="moves", log=lambda _: None)  # a: FID 5 < b's 9
     assert client.get_model_version(second.name, second.version).tags["trial_id"] == "a"
-    assert (
-        client.get_model_version_by_alias("tiny-cgan", "champion").version == second.version != first.version
-    )
+    assert client.get_model_version_by_alias("tiny-cgan", "moves").version == second.version != first.version
 
 
 def test_a_pruned_trial_with_the_best_acc_is_promoted_only_with_allow_pruned(experiment):
@@ -122,7 +120,7 @@ def test_a_pruned_trial_with_the_best_acc_is_promoted_only_with_allow_pruned(exp
     assert promoted(client, loose) == "p"  # its one-epoch 0.95 beats every finished trial
     assert client.get_model_version(loose.name, loose.version).tags["optuna_state"] == "PRUNED"
     # by FID too: c (diverged, FID 1.0) is never a candidate, p's 0.5 wins once pruned trials count
-    by_fid = promote(client, "promo", metric="fid", allow_pruned=True, log=lambda _: None)
+    by_fid = promote(client, "promo", metric="fid", alias="loose-fid", allow_pruned=True, log=lambda _: None)
     assert promoted(client, by_fid) == "p"
 
 
@@ -153,12 +151,101 @@ def test_pareto_rule_best_acc_within_the_fid_slack_of_the_front(experiment):
     leaves a; slack 1: FID <= 10 lets b win on acc; with pruned trials, p (0.95, 0.5) dominates all."""
     client, _ = experiment
     multi = ("acc", "fid")
-    assert promoted(client, promote(client, "promo", objectives=multi, log=lambda _: None)) == "a"
-    wide = promote(client, "promo", objectives=multi, fid_slack=1.0, log=lambda _: None)
+    assert (
+        promoted(client, promote(client, "promo", objectives=multi, alias="front", log=lambda _: None)) == "a"
+    )
+    wide = promote(client, "promo", objectives=multi, fid_slack=1.0, alias="wide", log=lambda _: None)
     assert promoted(client, wide) == "b"
     assert "Pareto front" in client.get_model_version(wide.name, wide.version).tags["selection"]
-    loose = promote(client, "promo", objectives=multi, allow_pruned=True, log=lambda _: None)
+    loose = promote(
+        client, "promo", objectives=multi, allow_pruned=True, alias="loose-front", log=lambda _: None
+    )
     assert promoted(client, loose) == "p"
+
+
+def guard_search(client, tmp: Path, name: str, trials, *, judge: str = "ev", model: str = "guard-cgan"):
+    """An experiment `name` of one search (model name `model`, data "tiny", evaluator `judge`) whose trials
+    (name, acc, fid) all ran to max_epochs."""
+    exp = ensure_experiment(client, name, tracking_uri=client.tracking_uri, artifact_root=tmp / "art")
+    parent = create_parent(
+        client, exp, name=f"search-{name}", experiment_dir=str(tmp / name),
+        tags={"search.model_name": model, "search.data_fingerprint": "tiny", "search.evaluator_fingerprint": judge},
+        params={"max_epochs": MAX_EPOCHS},
+    )  # fmt: skip
+    for trial, acc, fid in trials:
+        trial_run(client, exp, parent, tmp, trial, acc, fid, 0.0, "false", "COMPLETE", MAX_EPOCHS)
+
+
+def test_the_alias_only_moves_to_a_better_version_of_the_same_judge_unless_forced(experiment):
+    """A later search whose best is worse (same data, same judge) leaves @champion where it is and registers
+    nothing; --force moves it; a version scored by another judge is not compared, so the alias moves."""
+    client, tmp = experiment
+    lines: list[str] = []
+    guard_search(client, tmp, "guard-good", [("g", 0.6, 4.0)])
+    first = promote(client, "guard-good", log=lines.append)
+    guard_search(client, tmp, "guard-worse", [("w", 0.4, 3.0)])
+    with pytest.raises(ChampionKept) as kept:
+        promote(client, "guard-worse", log=lines.append)
+    assert kept.value.version.version == first.version
+    message = str(kept.value)
+    assert f"kept models:/guard-cgan@champion at version {first.version}" in message
+    assert "acc 0.6 vs 0.4" in message and "nothing registered" in message and "--force" in message
+    assert [str(v.version) for v in client.search_model_versions("name='guard-cgan'")] == [str(first.version)]
+    assert client.get_model_version_by_alias("guard-cgan", "champion").version == first.version
+
+    forced = promote(client, "guard-worse", force=True, log=lines.append)
+    assert promoted(client, forced) == "w"
+    assert client.get_model_version_by_alias("guard-cgan", "champion").version == forced.version
+    assert lines[-1].endswith(f"it was on version {first.version}: acc 0.6, --force"), lines[-1]
+
+    # another judge: its 0.1 cannot be weighed against the 0.4 above
+    guard_search(client, tmp, "guard-judge", [("j", 0.1, 9.0)], judge="other")
+    other = promote(client, "guard-judge", log=lines.append)
+    assert client.get_model_version_by_alias("guard-cgan", "champion").version == other.version
+    assert "not compared: scored with another judge" in lines[-1], lines[-1]
+    # the same judge as that version, and better: moves, and says what it beat
+    guard_search(client, tmp, "guard-better", [("b", 0.3, 9.0)], judge="other")
+    better = promote(client, "guard-better", log=lines.append)
+    assert client.get_model_version_by_alias("guard-cgan", "champion").version == better.version
+    assert lines[-1].endswith(f"it was on version {other.version}: acc 0.1"), lines[-1]
+
+
+def test_a_kept_champion_is_one_line_and_exit_0_at_the_cli(experiment):
+    """`python -m search.promote` after a worse search, as a job that promotes after every search runs it:
+    not an error, so exit 0, the line that says why, and the URI that still serves the better version."""
+    client, tmp = experiment
+    guard_search(client, tmp, "cli-good", [("g", 0.6, 4.0)], model="cli-cgan")
+    promote(client, "cli-good", log=lambda _: None)
+    guard_search(client, tmp, "cli-worse", [("w", 0.4, 3.0)], model="cli-cgan")
+    out = subprocess.run(
+        [sys.executable, "-m", "search.promote", "--experiment", "cli-worse", "--tracking-uri", client.tracking_uri],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "models:/cli-cgan@champion", lines
+    assert lines[-2].startswith("kept models:/cli-cgan@champion at version 1 (trial "), lines
+    assert len(client.search_model_versions("name='cli-cgan'")) == 1
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "objectives", "keeps"),
+    [
+        ({"metric.acc_val": "0.5"}, {"metric.acc_val": "0.4"}, ("acc_val",), True),
+        ({"metric.acc_val": "0.4"}, {"metric.acc_val": "0.4"}, ("acc_val",), False),  # a tie moves
+        ({"metric.fid": "3"}, {"metric.fid": "4"}, ("fid",), True),  # fid: lower is better
+        ({"metric.fid": "5"}, {"metric.fid": "4"}, ("fid",), False),
+        ({"metric.acc_val": "0.5", "metric.fid": "3"}, {"metric.acc_val": "0.4", "metric.fid": "3"}, ("acc_val", "fid"), True),
+        ({"metric.acc_val": "0.5", "metric.fid": "5"}, {"metric.acc_val": "0.4", "metric.fid": "3"}, ("acc_val", "fid"), False),
+        ({"metric.acc": "0.9"}, {"metric.acc_val": "0.4"}, ("acc_val",), False),  # nothing to compare
+        ({"metric.acc_val": "nan"}, {"metric.acc_val": "0.4"}, ("acc_val",), False),
+        ({"metric.acc_val": "0.5", "evaluator_fingerprint": "x"}, {"metric.acc_val": "0.4"}, ("acc_val",), False),
+        ({"metric.acc_val": "0.5", "data_fingerprint": ""}, {"metric.acc_val": "0.4"}, ("acc_val",), False),
+    ],
+)  # fmt: skip
+def test_outranked_by_keeps_only_a_comparable_better_version(old, new, objectives, keeps):
+    same = {"data_fingerprint": "d", "evaluator_fingerprint": "e"}
+    assert bool(outranked_by({**same, **old}, {**same, **new}, objectives)) is keeps
 
 
 def test_pareto_front_and_choice_rules():
@@ -198,7 +285,7 @@ def test_pyfunc_model_rebuilds_the_generator_from_plain_data(experiment):
     import pandas as pd
 
     client, _ = experiment
-    version = promote(client, "promo", log=lambda _: None)
+    version = promote(client, "promo", alias="pyfunc", log=lambda _: None)
     mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
     images = model.predict(pd.DataFrame({"labels": [["red cube"], ["blue sphere", "cyan cube"]]}))

@@ -149,15 +149,16 @@ def test_diverging_trials_finish_as_acc_zero_and_the_multi_objective_search_goes
         lr_d="{choice: [2.0e-4, 1.0e+10]}",
     )
     experiment = "diverge"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a store of its own: no other module's digits-cgan@champion
     out, _ = run_search(
         home,
         *("--smoke-test", "--space", str(space), "--objectives", "acc,fid", "--num-samples", "4"),
-        *("--max-epochs", "2", "--experiment", experiment, "--promote"),
+        *("--max-epochs", "2", "--experiment", experiment, "--promote", "--tracking-uri", uri),
         entry="digits",
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    client, parents, children = mlflow_runs(home, experiment)
+    client, parents, children = mlflow_runs(home, experiment, uri)
     assert len(children) == 4
     diverged = [r for r in children if r.data.tags["search.diverged"] == "true"]
     assert diverged and len(diverged) < 4, [r.data.params["lr_d"] for r in children]
@@ -180,6 +181,32 @@ def test_diverging_trials_finish_as_acc_zero_and_the_multi_objective_search_goes
     version = client.get_model_version_by_alias("digits-cgan", "champion")
     assert version.tags["trial_run_id"] not in {r.info.run_id for r in diverged}
     assert "promoted: models:/digits-cgan@champion" in out.stdout
+
+
+def test_a_search_that_does_not_beat_the_champion_leaves_it_and_still_succeeds(home, tmp_path):
+    """--promote after a search whose best is worse than @champion (same data, same judge): the alias stays,
+    nothing is registered, one line says so and how to move it anyway, and the search exits 0."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ("--smoke-test", "--num-samples", "1", "--max-epochs", "1", "--promote", "--tracking-uri", uri)
+    first, _ = run_search(home, *args, "--experiment", "champ-1", entry="digits", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "promoted: models:/digits-cgan@champion (version 1)" in first.stdout
+    client, _, _ = mlflow_runs(home, "champ-1", uri)
+    # as an earlier search's champion would read had it scored every val set right: no trial here beats it
+    client.set_model_version_tag("digits-cgan", "1", "metric.acc_val", "1")
+
+    out, _ = run_search(home, *args, "--experiment", "champ-2", entry="digits", cwd=tmp_path)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = [t for t in out.stdout.splitlines() if "not promoted:" in t]
+    assert len(lines) == 1, out.stdout[-3000:]
+    line = lines[0]
+    assert "kept models:/digits-cgan@champion at version 1" in line and "acc_val 1 vs " in line, line
+    assert "python -m search.promote --experiment champ-2 --force" in line, line
+    assert "promoted: models:" not in out.stdout.replace("not promoted:", "")
+    assert [str(v.version) for v in client.search_model_versions("name='digits-cgan'")] == ["1"]
+    assert str(client.get_model_version_by_alias("digits-cgan", "champion").version) == "1"
+    _, parents, _ = mlflow_runs(home, "champ-2", uri)
+    assert parents[0].info.status == "FINISHED"
 
 
 def test_a_search_where_every_trial_diverges_exits_1_in_one_line(home, tmp_path):
