@@ -17,8 +17,9 @@ that chose it, and the data and evaluator fingerprints.
 The alias moves only forward: when it already points at a version scored by the same judge on the same data
 (equal fingerprints, so the same val label sets: trainers.evaluator.protocol.VAL_SEED is fixed) and that
 version is better on the ranking metric (with --objectives acc,fid: it dominates the candidate), nothing is
-registered and the alias stays, said in one line; `--force` moves it anyway. A version from another judge or
-other data is not comparable: the alias moves, and the line says it was not compared.
+registered and the alias stays, said in one line; `--force` moves it anyway. Likewise when it points at the
+chosen trial's generator already. A version from another judge or other data is not comparable: the alias
+moves, and the line says it was not compared.
 """
 
 from __future__ import annotations
@@ -233,13 +234,18 @@ def _candidate_tags(run, parent) -> dict[str, str]:
 
 
 def _keep_a_better_champion(current, candidate: Mapping[str, str], run, objectives, *, name: str, alias: str):
-    """Raise ChampionKept when `current` (the aliased version) outranks the `candidate` tags of `run`."""
+    """Raise ChampionKept when `current` (the aliased version) outranks the `candidate` tags of `run`, or
+    is `run`'s generator already (a promotion run twice would register the same generator again)."""
+    kept = f"kept models:/{name}@{alias} at version {current.version} (trial {current.tags.get('trial_id', '?')})"
+    if current.tags.get("trial_run_id") == run.info.run_id:
+        raise ChampionKept(
+            f"{kept}: it is already this search's best; nothing registered; --force registers it again",
+            current,
+        )
     if why := outranked_by(current.tags, candidate, objectives):
         raise ChampionKept(
-            f"kept models:/{name}@{alias} at version {current.version} (trial "
-            f"{current.tags.get('trial_id', '?')}): it is better than this search's best, trial "
-            f"{run.data.tags.get('ray.trial_id', '')} ({why}); nothing registered; --force moves the alias "
-            "anyway",
+            f"{kept}: it is better than this search's best, trial {run.data.tags.get('ray.trial_id', '')} "
+            f"({why}); nothing registered; --force moves the alias anyway",
             current,
         )
 

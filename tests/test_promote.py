@@ -177,12 +177,15 @@ def guard_search(client, tmp: Path, name: str, trials, *, judge: str = "ev", mod
 
 
 def test_the_alias_only_moves_to_a_better_version_of_the_same_judge_unless_forced(experiment):
-    """A later search whose best is worse (same data, same judge) leaves @champion where it is and registers
-    nothing; --force moves it; a version scored by another judge is not compared, so the alias moves."""
+    """A later search whose best is worse (same data, same judge), or a promotion run twice, leaves @champion
+    where it is and registers nothing; --force moves it; a version scored by another judge is not compared,
+    so the alias moves."""
     client, tmp = experiment
     lines: list[str] = []
     guard_search(client, tmp, "guard-good", [("g", 0.6, 4.0)])
     first = promote(client, "guard-good", log=lines.append)
+    with pytest.raises(ChampionKept, match="it is already this search's best; nothing registered"):
+        promote(client, "guard-good", log=lines.append)  # twice: the same generator is not registered again
     guard_search(client, tmp, "guard-worse", [("w", 0.4, 3.0)])
     with pytest.raises(ChampionKept) as kept:
         promote(client, "guard-worse", log=lines.append)
