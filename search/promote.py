@@ -313,10 +313,11 @@ def promote(
         _keep_a_better_champion(current, candidate, run, objectives, name=name, alias=alias)
     model_uri, slim, info = _log_generator_model(client, run.info.run_id)
     version = mlflow.register_model(model_uri, name)
-    client.set_registered_model_alias(name, alias, version.version)
     tags = _version_tags(run, parent, slim=slim, info=info, experiment=experiment, rule=rule)
     for key, value in tags.items():
         client.set_model_version_tag(name, version.version, key, value)
+    # the alias last: it never points at a version without the tags the next promotion weighs it by
+    client.set_registered_model_alias(name, alias, version.version)
     moved = "" if current is None else f"; it was on version {current.version}: "
     if current is not None:
         moved += comparison_note(current.tags, candidate, objectives) + (", --force" if force else "")
