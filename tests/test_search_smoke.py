@@ -194,7 +194,9 @@ def test_promote_registers_a_version_with_alias_champion(smoke, champion):
         and r.data.tags.get("search.diverged") != "true"
         and r.data.metrics["epoch"] == max_epochs
     ]
-    best = max(finished, key=lambda r: r.data.metrics["acc_val"])  # the search's decision metric
+    # the search's decision metric; ties (smoke trials often score the same val draws alike) by trial id, as
+    # promotion breaks them: max() alone took whichever tied run MLflow listed first, by start time
+    best = min(finished, key=lambda r: (-r.data.metrics["acc_val"], r.data.tags["ray.trial_id"]))
     assert version.tags["trial_run_id"] == best.info.run_id
     sampled = smoke.trials[best.data.tags["ray.trial_id"]][-1]["config"]
     registered = json.loads(version.tags["config"])  # the full TrainConfig: sampled values + defaults
