@@ -39,6 +39,9 @@ from search.options import HelpFormatter, OneLineParser, default_home, tracking_
 from trainers.cli import run_command
 
 LOWER_IS_BETTER = ("fid",)
+MODEL_CODE = Path(__file__).with_name(
+    "pyfunc_model.py"
+)  # the registered model's code (MLflow models from code)
 FID_SLACK = 0.25  # a front trial may have up to 25% more FID than the front's best to win on acc
 
 
@@ -354,9 +357,10 @@ def _log_generator_model(client, run_id: str) -> tuple[str, dict[str, Any], dict
         with mlflow.start_run(run_id=run_id):
             info_logged = mlflow.pyfunc.log_model(
                 name="generator",
-                python_model=GeneratorModel(),
+                python_model=str(MODEL_CODE),  # models from code: no pickled PythonModel in the model
                 artifacts={"generator": str(slim_path)},
                 signature=signature,
+                input_example=example if signature is not None else None,  # shown and validated by MLflow
                 pip_requirements=_requirements(),
             )
     return info_logged.model_uri, slim, info

@@ -7,7 +7,9 @@
 The model holds plain data only: the trial's generator file (trainers.checkpoint.generator_state: the
 TrainConfig dict, the data info (image size, class names) and the generator's state_dict, EMA weights when
 the trial kept an EMA). `load_context` reads it with the trainers' own loader (trainers.checkpoint.load_generator),
-so nothing is a pickled closure and the weights load with `torch.load(weights_only=True)`. Loading needs this package installed (`pip install -e .`).
+so nothing is a pickled closure and the weights load with `torch.load(weights_only=True)`. The model's code is
+search/pyfunc_model.py (MLflow "models from code"), not a pickled PythonModel: no pickle is written or read.
+Loading needs this package installed (`pip install -e .`).
 """
 
 from __future__ import annotations

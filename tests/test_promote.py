@@ -21,6 +21,7 @@ from trainers.config import TrainConfig
 from trainers.data import ImageSet
 from trainers.train import train
 
+ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("red cube", "blue sphere", "gray cylinder", "cyan cube")
 TINY = {"arch": "dcgan", "loss": "hinge", "g_cond": "concat", "d_cond": "projection", "d_norm": "spectral"}
 
@@ -296,6 +297,10 @@ def test_pyfunc_model_rebuilds_the_generator_from_plain_data(experiment):
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}"))
     slim = torch.load(next(folder.rglob("generator.pt")), weights_only=True)  # plain data, no pickled code
     assert set(slim) == {"config", "data", "ema", "state_dict"}
+    # the model's code is our file (models from code), not a pickled PythonModel; nothing else is a pickle
+    assert (folder / "pyfunc_model.py").read_text() == (ROOT / "search" / "pyfunc_model.py").read_text()
+    assert [p.name for p in folder.rglob("*.pkl")] == []
+    assert (folder / "input_example.json").is_file()
 
 
 def test_nothing_to_promote_is_one_line_and_exit_2(tmp_path):
