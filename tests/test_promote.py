@@ -5,6 +5,7 @@ trial with the highest acc is only ever promoted with --allow-pruned."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -26,7 +27,11 @@ CLASSES = ("red cube", "blue sphere", "gray cylinder", "cyan cube")
 TINY = {"arch": "dcgan", "loss": "hinge", "g_cond": "concat", "d_cond": "projection", "d_norm": "spectral"}
 
 
-def checkpoint(tmp: Path, *, ema: float) -> Path:
+INFOGAN = {"arch": "infogan", "loss": "nonsat", "g_cond": "none", "d_cond": "none", "d_norm": "batch",
+           "disc_codes": len(CLASSES), "cont_codes": 2}  # fmt: skip
+
+
+def checkpoint(tmp: Path, *, ema: float, recipe=TINY) -> Path:
     rng = np.random.default_rng(0)
     data = ImageSet(
         images=rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
@@ -35,7 +40,7 @@ def checkpoint(tmp: Path, *, ema: float) -> Path:
         classes=CLASSES,
         fingerprint="tiny",
     )
-    config = TrainConfig.from_dict({**TINY, "width": 4, "z_dim": 8, "batch_size": 4, "ema": ema})
+    config = TrainConfig.from_dict({**recipe, "width": 4, "z_dim": 8, "batch_size": 4, "ema": ema})
     torch.set_num_threads(1)
     out = train(config, data, epochs=1, out_dir=tmp, evaluator=None, conditions={}, progress=False)
     return out["checkpoint"]
@@ -301,6 +306,31 @@ def test_pyfunc_model_rebuilds_the_generator_from_plain_data(experiment):
     assert (folder / "pyfunc_model.py").read_text() == (ROOT / "search" / "pyfunc_model.py").read_text()
     assert [p.name for p in folder.rglob("*.pkl")] == []
     assert (folder / "input_example.json").is_file()
+
+
+def test_an_infogan_generator_is_registered_and_says_when_loaded_that_it_takes_no_labels(experiment):
+    """InfoGAN's generator is driven by codes, not labels: promotion registers it (no signature, no input
+    example: there is no label input to describe), and loading it as a label-to-image model says why not."""
+    import mlflow
+
+    client, tmp = experiment
+    exp = ensure_experiment(
+        client, "promo-infogan", tracking_uri=client.tracking_uri, artifact_root=tmp / "art"
+    )
+    parent = create_parent(
+        client, exp, name="search-infogan", experiment_dir=str(tmp / "ray-infogan"),
+        tags={"search.model_name": "infogan-cgan"}, params={"max_epochs": MAX_EPOCHS},
+    )  # fmt: skip
+    run_id = trial_run(client, exp, parent, None, "i", 0.5, 5.0, 0.0, "false", "COMPLETE", MAX_EPOCHS)
+    client.log_artifact(run_id, str(checkpoint(tmp / "infogan", ema=0.0, recipe=INFOGAN)), "checkpoint")
+    version = promote(client, "promo-infogan", log=lambda _: None)
+    assert (
+        json.loads(client.get_model_version(version.name, version.version).tags["config"])["arch"]
+        == "infogan"
+    )
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with pytest.raises(ValueError, match="not conditioned on labels .*cannot map label sets to images"):
+        mlflow.pyfunc.load_model("models:/infogan-cgan@champion")
 
 
 def test_nothing_to_promote_is_one_line_and_exit_2(tmp_path):
